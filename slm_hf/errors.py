@@ -1,0 +1,29 @@
+"""User-facing errors: what the command-line entry points turn into one clear line and a non-zero exit."""
+
+import functools
+import sys
+
+
+class SLMError(Exception):
+    """A problem with the user's input or environment (bad path, bad config, ...), not a bug in slm_hf.
+
+    Raise it with a message that says what was wrong and, where possible, how to fix it. The scripts print
+    ``error: <message>`` on stderr and exit with status 2, without a traceback.
+    """
+
+
+def exit_on_error(main):
+    """Decorate a script's `main()`: an `SLMError` becomes one line on stderr and exit status 2."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except SLMError as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            sys.exit(130)
+
+    return wrapper

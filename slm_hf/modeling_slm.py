@@ -1,0 +1,388 @@
+"""SLM: a small decoder-only transformer, written from scratch as a native transformers causal LM.
+
+Reading order: normalisation, positions (rotary or learned), attention, feed-forward, the block that joins them
+with residual connections, then the `PreTrainedModel` classes (`SLMModel`, the backbone, and `SLMForCausalLM`,
+backbone + language-model head).
+
+This file is copied next to the weights by ``save_pretrained`` (remote code), so it imports only torch,
+transformers and its sibling ``configuration_slm``: never ``slm_hf`` itself.
+"""
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.generation import GenerationMixin
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel, slice_logits_to_keep
+
+from .configuration_slm import SLMConfig
+
+
+# --------------------------------------------------------------------------------------------- normalisation
+class SLMRMSNorm(nn.Module):
+    """Root-mean-square normalisation: no mean subtraction, no bias."""
+
+    def __init__(self, hidden_size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.eps = eps
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(hidden_states, (hidden_states.shape[-1],), self.weight, self.eps)
+
+
+def build_norm(config: SLMConfig) -> nn.Module:
+    if config.norm_type == "rmsnorm":
+        return SLMRMSNorm(config.hidden_size, eps=config.norm_eps)
+    return nn.LayerNorm(config.hidden_size, eps=config.norm_eps, bias=config.bias)
+
+
+# ----------------------------------------------------------------------------------------------- positions
+class SLMRotaryEmbedding(nn.Module):
+    """Rotary position embedding: the cos/sin of each position's rotation angles, for `apply_rotary`."""
+
+    def __init__(self, config: SLMConfig):
+        super().__init__()
+        self.head_dim = config.head_dim
+        self.theta = config.rope_theta
+        self.register_buffer("inv_freq", self.compute_inv_freq(), persistent=False)
+
+    def compute_inv_freq(self) -> torch.Tensor:
+        exponents = torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim
+        return 1.0 / (self.theta**exponents)
+
+    @torch.no_grad()
+    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        # (batch, seq, head_dim / 2): angle of every frequency at every position, in fp32 for accuracy.
+        angles = position_ids[..., None].float() * self.inv_freq
+        angles = torch.cat((angles, angles), dim=-1)
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat((-second, first), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate `x` (batch, heads, seq, head_dim) by the per-position angles (batch, seq, head_dim)."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    return x * cos + rotate_half(x) * sin
+
+
+# ----------------------------------------------------------------------------------------------- attention
+def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """(batch, kv_heads, seq, head_dim) -> (batch, kv_heads * n_rep, seq, head_dim) for grouped-query attention."""
+    if n_rep == 1:
+        return hidden_states
+    batch, kv_heads, seq, head_dim = hidden_states.shape
+    hidden_states = hidden_states[:, :, None].expand(batch, kv_heads, n_rep, seq, head_dim)
+    return hidden_states.reshape(batch, kv_heads * n_rep, seq, head_dim)
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain softmax attention. `attention_mask` is the additive float mask `create_causal_mask` builds for eager."""
+    key = repeat_kv(key, module.num_key_value_groups)
+    value = repeat_kv(value, module.num_key_value_groups)
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    probs = F.dropout(probs, p=dropout, training=module.training)
+    output = torch.matmul(probs, value).transpose(1, 2).contiguous()
+    return output, probs
+
+
+class SLMAttention(nn.Module):
+    """Multi-head causal self-attention with one fused query/key/value projection and optional rotary positions."""
+
+    def __init__(self, config: SLMConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.head_dim = config.head_dim
+        self.num_heads = config.num_attention_heads
+        self.num_key_value_heads = config.num_key_value_heads
+        self.num_key_value_groups = config.num_attention_heads // config.num_key_value_heads
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = True  # read by transformers' sdpa/flash attention functions
+        self.attention_dropout = config.dropout
+        self.use_rotary = config.position_embedding_type == "rope"
+
+        qkv_size = (self.num_heads + 2 * self.num_key_value_heads) * self.head_dim
+        self.qkv_proj = nn.Linear(config.hidden_size, qkv_size, bias=config.bias)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=config.bias)
+        self.o_proj.is_residual_projection = True
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None,
+        attention_mask: torch.Tensor | None,
+        cache: Cache | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        batch, seq, _ = hidden_states.shape
+        qkv = self.qkv_proj(hidden_states).view(batch, seq, -1, self.head_dim).transpose(1, 2)
+        query, key, value = qkv.split([self.num_heads, self.num_key_value_heads, self.num_key_value_heads], dim=1)
+
+        if self.use_rotary:
+            cos, sin = position_embeddings
+            query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
+        if cache is not None:
+            key, value = cache.update(key, value, self.layer_idx)
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        output, _ = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=self.attention_dropout if self.training else 0.0,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        return self.o_proj(output.reshape(batch, seq, -1))
+
+
+# -------------------------------------------------------------------------------------------- feed-forward
+class SLMMLP(nn.Module):
+    """Feed-forward network: SwiGLU (`down(silu(gate(x)) * up(x))`, gate and up fused) or GELU (`down(gelu(up(x)))`)."""
+
+    def __init__(self, config: SLMConfig):
+        super().__init__()
+        self.gated = config.mlp_type == "swiglu"
+        up_size = 2 * config.intermediate_size if self.gated else config.intermediate_size
+        self.up_proj = nn.Linear(config.hidden_size, up_size, bias=config.bias)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.bias)
+        self.down_proj.is_residual_projection = True
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.gated:
+            gate, up = self.up_proj(hidden_states).chunk(2, dim=-1)
+            return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(F.gelu(self.up_proj(hidden_states), approximate="tanh"))
+
+
+# ------------------------------------------------------------------------------------------------- block
+class SLMDecoderLayer(GradientCheckpointingLayer):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)), with dropout on each branch."""
+
+    def __init__(self, config: SLMConfig, layer_idx: int):
+        super().__init__()
+        self.input_norm = build_norm(config)
+        self.self_attn = SLMAttention(config, layer_idx)
+        self.post_attention_norm = build_norm(config)
+        self.mlp = SLMMLP(config)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: Cache | None = None,
+        use_cache: bool | None = False,
+        **kwargs,
+    ) -> torch.Tensor:
+        attn_out = self.self_attn(
+            self.input_norm(hidden_states),
+            position_embeddings=position_embeddings,
+            attention_mask=attention_mask,
+            cache=cache,
+            **kwargs,
+        )
+        hidden_states = hidden_states + self.dropout(attn_out)
+        return hidden_states + self.dropout(self.mlp(self.post_attention_norm(hidden_states)))
+
+
+# ------------------------------------------------------------------------------------------------ models
+class SLMPreTrainedModel(PreTrainedModel):
+    config_class = SLMConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["SLMDecoderLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = True
+
+    def _init_weights(self, module: nn.Module):
+        """GPT-2 initialisation: N(0, initializer_range), residual projections scaled by 1/sqrt(2 * layers)."""
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            if getattr(module, "is_residual_projection", False):
+                std = std / (2 * self.config.num_hidden_layers) ** 0.5
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, (SLMRMSNorm, nn.LayerNorm)):
+            init.ones_(module.weight)
+            if getattr(module, "bias", None) is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, SLMRotaryEmbedding):
+            init.copy_(module.inv_freq, module.compute_inv_freq())
+
+
+class SLMModel(SLMPreTrainedModel):
+    """The transformer backbone: embeddings, positions, blocks and the final norm (no language-model head)."""
+
+    def __init__(self, config: SLMConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        if config.position_embedding_type == "learned":
+            self.embed_positions = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        else:
+            self.rotary_emb = SLMRotaryEmbedding(config)
+        self.dropout = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList(SLMDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = build_norm(config)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding):
+        self.embed_tokens = value
+
+    def _check_inputs(self, input_ids: torch.Tensor | None, past_length: int, seq_length: int):
+        """Turn out-of-range inputs into a ValueError instead of an IndexError (or a device assert) inside torch."""
+        config = self.config
+        if config.position_embedding_type == "learned" and past_length + seq_length > config.max_position_embeddings:
+            raise ValueError(
+                f"Sequence of {past_length + seq_length} tokens is longer than max_position_embeddings "
+                f"({config.max_position_embeddings}) of this model's learned position table; truncate the input "
+                f"or generate fewer tokens."
+            )
+        # Reading the ids' range costs a host-device sync on an accelerator: there, check only the prompt (the
+        # first forward of a generation, uncached), never the decoding steps, whose ids the model chose itself.
+        if input_ids is None or (input_ids.device.type != "cpu" and (past_length > 0 or self.training)):
+            return
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= config.vocab_size):
+            raise ValueError(
+                f"Token ids must be in [0, {config.vocab_size}) (the model's vocab_size); got ids from "
+                f"{int(input_ids.min())} to {int(input_ids.max())}. Was the text encoded with a different tokenizer?"
+            )
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds")
+        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        past_length = cache.get_seq_length() if cache is not None else 0
+        seq_length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        self._check_inputs(input_ids, past_length, seq_length)
+
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        if position_ids is None:
+            position_ids = torch.arange(past_length, past_length + seq_length, device=inputs_embeds.device)[None]
+
+        hidden_states = inputs_embeds
+        position_embeddings = None
+        if self.config.position_embedding_type == "learned":
+            hidden_states = hidden_states + self.embed_positions(position_ids)
+        else:
+            position_embeddings = self.rotary_emb(position_ids, hidden_states.dtype)
+        hidden_states = self.dropout(hidden_states)
+
+        causal_mask = create_causal_mask(
+            config=self.config,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            cache=cache,
+            position_ids=position_ids,
+        )
+        for layer in self.layers:
+            hidden_states = layer(
+                hidden_states,
+                attention_mask=causal_mask,
+                position_embeddings=position_embeddings,
+                cache=cache,
+                use_cache=use_cache,
+                **kwargs,
+            )
+        return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden_states), cache=cache)
+
+
+class SLMForCausalLM(SLMPreTrainedModel, GenerationMixin):
+    """SLM backbone + a language-model head tied to the token embeddings; works with `generate()` and pipelines."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: SLMConfig):
+        super().__init__(config)
+        self.model = SLMModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        r"""
+        labels (`torch.LongTensor`, *optional*): token ids to predict, aligned with `input_ids` (the loss shifts
+            them by one; -100 is ignored). Pass `shift_labels=` instead for targets already shifted, e.g. the
+            `tokens[i + 1 : i + T + 1]` windows of the training loop.
+        logits_to_keep (`int` or `torch.Tensor`): compute logits only for the last `logits_to_keep` positions
+            (0 keeps all); `generate()` passes 1.
+        """
+        loss_kwargs = {name: kwargs.pop(name) for name in ("shift_labels", "num_items_in_batch") if name in kwargs}
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
+
+        loss = None
+        if labels is not None or loss_kwargs.get("shift_labels") is not None:
+            loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **loss_kwargs)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache)
+
+
+__all__ = ["SLMPreTrainedModel", "SLMModel", "SLMForCausalLM"]
