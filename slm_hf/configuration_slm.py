@@ -138,8 +138,8 @@ class SLMConfig(PretrainedConfig):
         self.bos_token_id = bos_token_id
         self.eos_token_id = eos_token_id
         self.pad_token_id = pad_token_id
+        self._validate()  # before PretrainedConfig's own checks, which read head_dim
         super().__init__(**kwargs)
-        self._validate()
 
     @property
     def head_dim(self) -> int:

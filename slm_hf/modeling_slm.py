@@ -356,18 +356,20 @@ class SLMForCausalLM(SLMPreTrainedModel, GenerationMixin):
         cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
+        shift_labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         r"""
         labels (`torch.LongTensor`, *optional*): token ids to predict, aligned with `input_ids` (the loss shifts
-            them by one; -100 is ignored). Pass `shift_labels=` instead for targets already shifted, e.g. the
-            `tokens[i + 1 : i + T + 1]` windows of the training loop.
+            them by one; -100 is ignored).
+        shift_labels (`torch.LongTensor`, *optional*): targets already shifted, same shape as `input_ids`, e.g. the
+            `tokens[i + 1 : i + T + 1]` windows of the training loop; use instead of `labels`.
         logits_to_keep (`int` or `torch.Tensor`): compute logits only for the last `logits_to_keep` positions
             (0 keeps all); `generate()` passes 1.
         """
-        loss_kwargs = {name: kwargs.pop(name) for name in ("shift_labels", "num_items_in_batch") if name in kwargs}
+        loss_kwargs = {"num_items_in_batch": kwargs.pop("num_items_in_batch")} if "num_items_in_batch" in kwargs else {}
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -380,7 +382,9 @@ class SLMForCausalLM(SLMPreTrainedModel, GenerationMixin):
         logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
 
         loss = None
-        if labels is not None or loss_kwargs.get("shift_labels") is not None:
+        if shift_labels is not None:  # the loss flattens them with .view: slices such as tokens[:, 1:] need a copy
+            loss_kwargs["shift_labels"] = shift_labels.contiguous()
+        if labels is not None or shift_labels is not None:
             loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **loss_kwargs)
         return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache)
 

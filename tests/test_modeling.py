@@ -1,0 +1,331 @@
+"""The model contract: SLMForCausalLM behaves as a native transformers causal LM (real tiny models, no mocks)."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModel, AutoModelForCausalLM
+
+from slm_hf import SLMConfig, SLMForCausalLM, SLMModel
+from slm_hf.tokenization import save_tokenizer, train_tokenizer
+
+STORIES = Path("/work/shared/data/tinystories/train.txt")
+POSITIONS = ["rope", "learned"]
+
+
+def make_model(seed: int = 0, **overrides) -> SLMForCausalLM:
+    torch.manual_seed(seed)
+    return SLMForCausalLM(SLMConfig.from_preset("tiny", **overrides)).eval()
+
+
+def greedy(model, input_ids, **kwargs) -> torch.Tensor:
+    # eos_token_id=None: every row generates exactly max_new_tokens, so outputs compare position by position.
+    return model.generate(input_ids, max_new_tokens=24, do_sample=False, eos_token_id=None, **kwargs)
+
+
+def random_ids(*shape: int, seed: int = 1, vocab_size: int = 512) -> torch.Tensor:
+    return torch.randint(1, vocab_size, shape, generator=torch.Generator().manual_seed(seed))
+
+
+def left_pad(rows: list[torch.Tensor], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, width - len(row) :] = row
+        attention_mask[i, width - len(row) :] = 1
+    return input_ids, attention_mask
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    stories = STORIES.read_text(encoding="utf-8").split("<|endoftext|>")[:300]
+    return train_tokenizer(stories, vocab_size=512, show_progress=False)
+
+
+# ------------------------------------------------------------------------------------------------ generation
+@pytest.mark.parametrize("position", POSITIONS)
+def test_cached_and_uncached_greedy_generation_agree(position):
+    model = make_model(position_embedding_type=position)
+    prompt = random_ids(2, 9)
+    cached = greedy(model, prompt, use_cache=True)
+    assert cached.shape == (2, 9 + 24)
+    assert torch.equal(cached, greedy(model, prompt, use_cache=False))
+
+
+@pytest.mark.parametrize("cache_implementation", ["dynamic", "static"])
+@pytest.mark.parametrize("position", POSITIONS)
+def test_left_padded_batch_row_matches_the_row_alone(position, cache_implementation):
+    model = make_model(position_embedding_type=position)
+    rows = [random_ids(11, seed=2), random_ids(4, seed=3), random_ids(7, seed=4)]
+    input_ids, attention_mask = left_pad(rows)
+    batch = greedy(
+        model, input_ids, attention_mask=attention_mask, pad_token_id=0, cache_implementation=cache_implementation
+    )
+    for row, out in zip(rows, batch):
+        alone = greedy(model, row[None], cache_implementation=cache_implementation)[0]
+        assert torch.equal(out[-len(alone) :], alone)
+
+
+def test_beam_search_scores_match_a_recomputation_of_the_beams():
+    """Beam search reorders the cache between steps: a wrong reorder would score beams with the wrong past."""
+    model = make_model()
+    prompt = random_ids(1, 6)
+    out = model.generate(
+        prompt, num_beams=4, num_return_sequences=4, max_new_tokens=10, min_new_tokens=10, do_sample=False,
+        length_penalty=0.0, eos_token_id=None, output_scores=True, return_dict_in_generate=True,
+    )
+    assert out.sequences.shape == (4, 16) and len({tuple(s.tolist()) for s in out.sequences}) == 4
+    with torch.no_grad():
+        log_probs = model(out.sequences).logits.log_softmax(-1)[:, 5:-1]
+    recomputed = log_probs.gather(-1, out.sequences[:, 6:, None]).sum((1, 2))
+    torch.testing.assert_close(out.sequences_scores, recomputed, atol=1e-4, rtol=1e-4)
+    assert torch.all(out.sequences_scores[:-1] >= out.sequences_scores[1:])  # best first
+    uncached = model.generate(
+        prompt, num_beams=4, max_new_tokens=10, min_new_tokens=10, do_sample=False, length_penalty=0.0,
+        eos_token_id=None, use_cache=False,
+    )
+    assert torch.equal(uncached[0], out.sequences[0])
+
+
+def test_seeded_sampling_is_reproducible():
+    model = make_model()
+    prompt = random_ids(2, 5)
+
+    def sample(seed, **kwargs):
+        torch.manual_seed(seed)
+        return model.generate(prompt, do_sample=True, top_k=50, temperature=1.0, max_new_tokens=20, **kwargs)
+
+    assert torch.equal(sample(7), sample(7))
+    assert torch.equal(sample(7), sample(7, use_cache=False))
+    assert not torch.equal(sample(7), sample(8))
+
+
+def test_grouped_query_attention():
+    for kv_heads in (4, 2, 1):  # multi-head, grouped, multi-query
+        model = make_model(num_attention_heads=4, num_key_value_heads=kv_heads)
+        head_dim = model.config.head_dim
+        assert model.model.layers[0].self_attn.qkv_proj.out_features == (4 + 2 * kv_heads) * head_dim
+        prompt = random_ids(1, 8)
+        assert torch.equal(greedy(model, prompt), greedy(model, prompt, use_cache=False))
+        model.config._attn_implementation = "eager"
+        eager = model(prompt).logits
+        model.config._attn_implementation = "sdpa"
+        torch.testing.assert_close(model(prompt).logits, eager, atol=1e-5, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------- forward
+@pytest.mark.parametrize("position", POSITIONS)
+def test_eager_and_sdpa_attention_agree(position):
+    model = make_model(position_embedding_type=position)
+    assert model.config._attn_implementation == "sdpa"  # the default
+    input_ids, attention_mask = left_pad([random_ids(10, seed=5), random_ids(6, seed=6)])
+    with torch.no_grad():
+        sdpa = model(input_ids, attention_mask=attention_mask).logits
+        sdpa_plain = model(input_ids).logits
+        model.config._attn_implementation = "eager"
+        eager = model(input_ids, attention_mask=attention_mask).logits
+        eager_plain = model(input_ids).logits
+    real = attention_mask.bool()  # padded positions attend to nothing: their outputs are meaningless
+    torch.testing.assert_close(sdpa[real], eager[real], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sdpa_plain, eager_plain, atol=1e-5, rtol=1e-5)
+
+
+def test_logits_to_keep():
+    model = make_model()
+    input_ids = random_ids(2, 10)
+    with torch.no_grad():
+        full = model(input_ids).logits
+        assert full.shape == (2, 10, 512)
+        torch.testing.assert_close(model(input_ids, logits_to_keep=1).logits, full[:, -1:])
+        torch.testing.assert_close(model(input_ids, logits_to_keep=3).logits, full[:, -3:])
+        torch.testing.assert_close(model(input_ids, logits_to_keep=torch.tensor([0, 4])).logits, full[:, [0, 4]])
+
+
+def test_initial_loss_is_close_to_log_vocab():
+    for preset in ("tiny", "small"):
+        torch.manual_seed(0)
+        model = SLMForCausalLM(SLMConfig.from_preset(preset))
+        input_ids = random_ids(4, 64, vocab_size=model.config.vocab_size)
+        with torch.no_grad():
+            loss = model(input_ids, labels=input_ids).loss.item()
+        assert abs(loss - math.log(model.config.vocab_size)) < 0.1, (preset, loss)
+
+
+def test_labels_and_shift_labels_give_the_same_loss():
+    """`labels` are shifted inside; `shift_labels` (the training loop's y windows) are already shifted."""
+    model = make_model()
+    tokens = random_ids(3, 17)
+    with torch.no_grad():
+        from_labels = model(tokens, labels=tokens).loss
+        from_shifted = model(input_ids=tokens[:, :-1], shift_labels=tokens[:, 1:], use_cache=False).loss
+    torch.testing.assert_close(from_labels, from_shifted)
+
+
+def test_training_forward_builds_no_cache_and_dropout_is_active_only_in_training():
+    model = make_model(dropout=0.2).train()
+    tokens = random_ids(2, 12)
+    first, second = model(tokens), model(tokens)
+    assert first.cache is None
+    assert not torch.allclose(first.logits, second.logits)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens).logits, model(tokens).logits)
+        assert model(tokens).cache is not None
+
+
+@pytest.mark.parametrize("position", POSITIONS)
+def test_activation_checkpointing_gives_the_same_gradients(position):
+    model = make_model(position_embedding_type=position).train()
+    tokens = random_ids(2, 16)
+
+    def gradients():
+        model.zero_grad()
+        model(tokens, labels=tokens).loss.backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    plain = gradients()
+    model.activation_checkpointing_enable()
+    assert model.model.gradient_checkpointing
+    checkpointed = gradients()
+    assert plain.keys() == checkpointed.keys()
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], msg=name)
+
+
+def test_bf16_copy_stays_close_to_fp32():
+    torch.manual_seed(0)
+    model = SLMForCausalLM(SLMConfig.from_preset("small", num_hidden_layers=2)).eval()
+    input_ids = random_ids(2, 32, vocab_size=4096)
+    with torch.no_grad():
+        fp32 = model(input_ids).logits
+        bf16 = model.to(torch.bfloat16)(input_ids).logits
+    assert bf16.dtype == torch.bfloat16
+    error = (bf16.float() - fp32).abs().max().item()
+    assert error < 0.1 * fp32.std().item(), error  # bf16 keeps ~3 significant digits: measured ~0.04 std
+    agreement = (bf16.argmax(-1) == fp32.argmax(-1)).float().mean().item()
+    assert agreement > 0.9, agreement
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+def test_too_long_input_with_learned_positions_is_a_value_error():
+    model = make_model(position_embedding_type="learned", max_position_embeddings=16)
+    with pytest.raises(ValueError, match=r"17 tokens is longer than max_position_embeddings \(16\)"):
+        model(random_ids(1, 17))
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        model.generate(random_ids(1, 10), max_new_tokens=10, do_sample=False, eos_token_id=None)
+    model(random_ids(1, 16))  # exactly the table's length is fine
+
+
+@pytest.mark.parametrize("bad_id", [512, 10_000, -1])
+def test_out_of_vocabulary_ids_are_a_value_error(bad_id):
+    model = make_model()
+    input_ids = random_ids(1, 6)
+    input_ids[0, 3] = bad_id
+    with pytest.raises(ValueError, match=r"Token ids must be in \[0, 512\)"):
+        model(input_ids)
+    with pytest.raises(ValueError, match=r"Token ids must be in \[0, 512\)"):
+        model.generate(input_ids, max_new_tokens=2)
+
+
+# -------------------------------------------------------------------------------------------- save and load
+def test_auto_classes_are_registered():
+    config = SLMConfig.from_preset("tiny")
+    assert type(AutoModelForCausalLM.from_config(config)) is SLMForCausalLM
+    assert type(AutoModel.from_config(config)) is SLMModel
+
+
+def test_seed_preset_has_the_reference_parameter_count():
+    with torch.device("meta"):
+        model = SLMForCausalLM(SLMConfig.from_preset("seed"))
+    assert sum(p.numel() for p in model.parameters()) == 29_995_392  # tied: the head shares the embeddings
+
+
+@pytest.mark.parametrize("position", POSITIONS)
+def test_save_and_load_round_trip(tmp_path, position):
+    model = make_model(position_embedding_type=position, norm_type="layernorm", mlp_type="gelu", bias=True)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    model.save_pretrained(tmp_path)
+    files = {path.name for path in tmp_path.iterdir()}
+    assert {"config.json", "model.safetensors", "configuration_slm.py", "modeling_slm.py"} <= files
+    assert not any(name.endswith((".bin", ".pt", ".pth")) for name in files)
+    auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
+    assert auto_map["AutoModelForCausalLM"] == "modeling_slm.SLMForCausalLM"
+
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert type(loaded) is SLMForCausalLM
+    assert loaded.lm_head.weight is loaded.model.embed_tokens.weight
+    input_ids = random_ids(2, 12)
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids).logits, model(input_ids).logits)
+
+
+BLOCK_SLM_HF = """
+import importlib.abc, sys
+class BlockSLM(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "slm_hf" or name.startswith("slm_hf."):
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
+sys.meta_path.insert(0, BlockSLM())
+"""
+
+REMOTE_CODE_CHECK = """
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+try:
+    import slm_hf
+    raise SystemExit("slm_hf is importable: the test would prove nothing")
+except ModuleNotFoundError:
+    pass
+
+folder = sys.argv[1]
+model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
+assert model.lm_head.weight is model.model.embed_tokens.weight
+ids = torch.load(sys.argv[2])
+assert torch.equal(model(ids).logits, torch.load(sys.argv[3]))
+tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)  # it reads the config
+prompts = tokenizer(["Once upon a time", "Lily"], return_tensors="pt", padding=True)
+out = model.generate(**prompts, max_new_tokens=8, do_sample=False)
+assert out.shape == (2, prompts.input_ids.shape[1] + 8), out.shape
+generator = pipeline("text-generation", model=folder, trust_remote_code=True)
+texts = generator(["Once upon a time", "Lily"], max_new_tokens=8, do_sample=False, batch_size=2)
+assert all(text[0]["generated_text"].startswith(p) for text, p in zip(texts, ["Once upon a time", "Lily"])), texts
+print("OK", type(model).__module__, repr(texts[0][0]["generated_text"]))
+"""
+
+
+def test_saved_folder_loads_with_remote_code_where_slm_hf_is_not_importable(tmp_path, tokenizer):
+    folder = tmp_path / "model"
+    model = make_model()
+    model.save_pretrained(folder)
+    save_tokenizer(tokenizer, folder)
+    input_ids = random_ids(2, 9)
+    with torch.no_grad():
+        torch.save(input_ids, tmp_path / "ids.pt")
+        torch.save(model(input_ids).logits, tmp_path / "logits.pt")
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), TOKENIZERS_PARALLELISM="false")
+    script = BLOCK_SLM_HF + REMOTE_CODE_CHECK
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script), str(folder), str(tmp_path / "ids.pt"), str(tmp_path / "logits.pt")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[-1].startswith("OK transformers_modules."), result.stdout
+
+
+def test_pipeline_runs_in_process(tokenizer):
+    from transformers import pipeline
+
+    generator = pipeline("text-generation", model=make_model(), tokenizer=tokenizer)
+    texts = generator(["Once upon a time", "Tom"], max_new_tokens=5, do_sample=False, batch_size=2,
+                      return_full_text=False)
+    assert len(texts) == 2 and all(isinstance(t[0]["generated_text"], str) for t in texts)
