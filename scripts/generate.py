@@ -1,0 +1,57 @@
+#!/usr/bin/env python
+"""Generate stories from a trained model, streamed to the terminal as tokens arrive.
+
+    python scripts/generate.py --model runs/cpu-demo/final --prompt "Once upon a time" --seed 0
+    echo "Lily found a shell." | python scripts/generate.py --model runs/cpu-demo/final
+
+Without --prompt, every non-empty line of stdin is a prompt. --model is a folder or a Hub model id.
+"""
+
+import argparse
+import sys
+
+from slm_hf.errors import SLMError, exit_on_error
+from slm_hf.generation import GenerationSettings, load_pretrained, read_prompts, stream_to_terminal
+
+DEFAULTS = GenerationSettings()
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="a model folder (e.g. a run's final/) or a Hub model id")
+    parser.add_argument("--prompt", default=None, help="the beginning of the story (default: read lines of stdin)")
+    parser.add_argument("--max-new-tokens", type=int, default=DEFAULTS.max_new_tokens)
+    parser.add_argument("--temperature", type=float, default=DEFAULTS.temperature, help="0 = greedy")
+    parser.add_argument("--top-k", type=int, default=DEFAULTS.top_k, help="0 = no top-k filter")
+    parser.add_argument("--top-p", type=float, default=DEFAULTS.top_p, help="1 = no nucleus filter")
+    parser.add_argument("--repetition-penalty", type=float, default=DEFAULTS.repetition_penalty)
+    parser.add_argument("--seed", type=int, default=None, help="seed for reproducible stories (default: random)")
+    parser.add_argument("--num-return-sequences", type=int, default=DEFAULTS.num_return_sequences)
+    parser.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of --model")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="allow a Hub model's own code to run (not needed for SLM models)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    return parser.parse_args(argv)
+
+
+@exit_on_error
+def main(argv=None):
+    args = parse_args(argv)
+    settings = GenerationSettings(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.seed,
+        num_return_sequences=args.num_return_sequences,
+    )
+    prompts = [args.prompt] if args.prompt is not None else read_prompts(sys.stdin)
+    model, tokenizer = load_pretrained(args.model, device=args.device, revision=args.revision,
+                                       trust_remote_code=args.trust_remote_code)
+    if stream_to_terminal(model, tokenizer, prompts, settings) == 0:
+        raise SLMError("no prompt: pass --prompt TEXT or write prompts to stdin, one per line")
+
+
+if __name__ == "__main__":
+    main()
