@@ -1,0 +1,943 @@
+"""Training: a hand-written Accelerate loop, from a config file to Hub-ready model folders.
+
+    accelerate launch scripts/train.py --config configs/cpu-demo.yaml --data data/sample --out runs/cpu-demo
+    python scripts/train.py --config configs/tiny.yaml --data data/sample learning_rate=1e-3   # 1 process
+
+Reading order: the learning-rate schedule, the batches, precision, the optimizer, checkpoints, metrics, the exported
+model folders, and last `train()`, the loop itself, top to bottom. No `transformers.Trainer`: every step is here.
+
+The output folder OUT holds::
+
+    metrics.jsonl                one JSON object per line: train/loss every step, val/... every eval_interval steps
+    train_config.yaml            the resolved config (also inside every checkpoint and model folder)
+    checkpoints/step_NNNNNNN/    accelerator.save_state + training_state.json + train_config.yaml (last keep_last)
+    best/  final/                Hub-ready model folders: lowest validation loss, and end of training
+    loss_curve.png               train and validation loss against tokens seen
+    logs/                        tracker logs (--report-to tensorboard)
+
+Exact resume: the batches of step s are drawn from a generator seeded with (seed, s, micro-batch index), the learning
+rate is a function of the step, and the checkpoint holds the model, the optimizer, the scheduler, the loss scaler and
+every process's random state (dropout). A run killed at any moment (SIGKILL included) and resumed from its newest
+checkpoint repeats exactly the losses of an uninterrupted run: bit for bit in fp32 on a CPU.
+
+Several processes (DDP, FSDP, DeepSpeed, several machines) run the same code: see docs/training.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import signal
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator, DistributedType, PartialState
+from accelerate.utils import ProjectConfiguration, broadcast_object_list, parse_flag_from_env, set_seed
+from tqdm.auto import tqdm
+from transformers import GenerationConfig
+from transformers.utils import logging as transformers_logging
+
+from .configuration_slm import SLMConfig
+from .data import load_tokens, read_meta
+from .errors import SLMError
+from .modeling_slm import SLMForCausalLM
+from .tokenization import load_tokenizer, save_tokenizer, tokenizer_sha256
+from .training_config import TrainingConfig
+
+# Sampling defaults saved in generation_config.json: varied but coherent stories that end at <|endoftext|>.
+STORY_SAMPLING = dict(do_sample=True, temperature=0.8, top_k=50, top_p=0.95, max_new_tokens=200)
+# Outputs of a run: what `--overwrite` removes and what makes a folder "hold a run".
+RUN_OUTPUTS = ("checkpoints", "final", "best", "metrics.jsonl", "train_config.yaml", "loss_curve.png", "logs")
+CHECKPOINT_NAME = re.compile(r"^step_(\d{7})$")
+STATE_FILE = "training_state.json"
+# Testing aid: seconds to sleep inside a checkpoint save, after writing and before the folder is renamed into
+# place, so that a test can kill the process mid-save. Never set it otherwise.
+SAVE_PAUSE_ENV = "SLM_TEST_PAUSE_IN_SAVE"
+# save_state warns at every checkpoint that the tied lm_head.weight is not stored: expected, it is reloaded tied.
+logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
+
+
+# ------------------------------------------------------------------------------------------- learning rate
+@dataclass
+class Schedule:
+    """Linear warmup, then cosine decay: the learning rate of each optimizer update.
+
+    `lr(n)` is the rate of update n = 1, 2, ... max_steps. Warmup goes linearly from `start_factor * peak` (at
+    n = 0) to `peak` (at n = warmup_steps); then a half cosine goes from `peak` to `minimum` (at n = max_steps).
+    This expresses the reference tutorial's `LinearLR(start_factor=1/3)` then `CosineAnnealingLR(eta_min=min_lr)`:
+    with its min_lr above the peak the "decay" rises, which the seed preset keeps on purpose.
+    """
+
+    peak: float
+    minimum: float
+    warmup_steps: float
+    max_steps: int
+    start_factor: float = 0.0
+
+    def lr(self, n: float) -> float:
+        if n < self.warmup_steps:
+            return self.peak * (self.start_factor + (1 - self.start_factor) * n / self.warmup_steps)
+        progress = min((n - self.warmup_steps) / max(self.max_steps - self.warmup_steps, 1), 1.0)
+        return self.minimum + (self.peak - self.minimum) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# ------------------------------------------------------------------------------------------------ batches
+class TokenWindows:
+    """Random training windows of a token array: inputs `tokens[i : i + T]`, targets `tokens[i + 1 : i + T + 1]`.
+
+    Each batch is drawn from its own generator, seeded with `(seed, stream, *key)`: the same key always gives the
+    same batch, on any process, before or after a resume. The loop keys training batches by (step, micro-batch
+    index across all processes), so the processes see different windows, and 2 processes x 2 micro-batches see
+    exactly what 1 process x 4 micro-batches sees.
+    """
+
+    def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, seed: int, stream: int):
+        if len(tokens) < block_size + 2:
+            raise SLMError(
+                f"the data has {len(tokens)} tokens, fewer than one window of block_size {block_size} + 1; "
+                f"prepare more stories or lower block_size"
+            )
+        self.tokens = tokens
+        self.batch_size = batch_size
+        self.seed, self.stream = seed, stream
+        self.offsets = np.arange(block_size + 1)
+
+    def batch(self, *key: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, self.stream, *key])
+        starts = rng.integers(0, len(self.tokens) - len(self.offsets) + 1, size=self.batch_size)
+        windows = torch.from_numpy(self.tokens[starts[:, None] + self.offsets].astype(np.int64))
+        return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
+
+
+# ---------------------------------------------------------------------------------------------- precision
+def resolve_precision(requested: str, device: torch.device, model_config: SLMConfig, tokens: int) -> str:
+    """Turn `--mixed-precision` into Accelerate's setting: `no`, `fp16` or `bf16`.
+
+    `auto` picks fp16 (with loss scaling) on CUDA, bf16 on a CPU whose bf16 matrix products measure faster than
+    fp32 (native bf16 units: AMX, AVX512-BF16), else fp32. fp16 on a CPU is refused: Accelerate would silently
+    train in fp32.
+    """
+    if requested == "fp16" and device.type != "cuda":
+        raise SLMError(
+            f"fp16 mixed precision needs a CUDA GPU; on {device.type} Accelerate silently trains in fp32 instead. "
+            f"Use --mixed-precision bf16 (or no)"
+        )
+    if requested != "auto":
+        return requested
+    if device.type == "cuda":
+        return "fp16"
+    if device.type == "cpu" and cpu_bf16_is_faster(tokens, model_config.hidden_size, model_config.intermediate_size):
+        return "bf16"
+    return "no"
+
+
+def cpu_bf16_is_faster(m: int, k: int, n: int, margin: float = 1.5, repeats: int = 5) -> bool:
+    """Time an (m x k) @ (k x n) product, the model's feed-forward shape, in fp32 and bf16 (a fraction of a second).
+
+    bf16 autocast adds a cast around every matrix product, so it pays only where bf16 products are clearly faster
+    (`margin` x): on CPUs without native bf16 units they are emulated and slower than fp32.
+    """
+    m = min(m, 4096)
+    timings = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+        a @ b  # warm up
+        best = math.inf
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - start)
+        timings[dtype] = best
+    return timings[torch.bfloat16] * margin < timings[torch.float32]
+
+
+# ---------------------------------------------------------------------------------------------- optimizer
+def build_optimizer(model: torch.nn.Module, config: TrainingConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay only on matrices of linear layers (not on norms, biases, embeddings), unless the config
+    says `decay_all_parameters` (as the reference tutorial does). Fused kernels where PyTorch has them."""
+    embeddings = {id(module.weight) for module in model.modules() if isinstance(module, torch.nn.Embedding)}
+    decay, no_decay = [], []
+    for parameter in model.parameters():  # each tied parameter once
+        if not parameter.requires_grad:
+            continue
+        decayed = config.decay_all_parameters or (parameter.ndim >= 2 and id(parameter) not in embeddings)
+        (decay if decayed else no_decay).append(parameter)
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    kwargs = dict(lr=config.learning_rate, betas=config.betas, eps=config.eps)
+    try:
+        return torch.optim.AdamW(groups, fused=True, **kwargs)
+    except (RuntimeError, ValueError):  # no fused kernel for these parameters' device or dtype
+        return torch.optim.AdamW(groups, **kwargs)
+
+
+def optimizer_step(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    micro_batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    grad_clip: float | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One optimizer update from `gradient_accumulation_steps` micro-batches; returns (mean loss, gradient norm).
+
+    `accelerator.accumulate` skips the gradient all-reduce on all but the last micro-batch, and
+    `accelerator.backward` already divides each loss by the number of micro-batches (do not divide again).
+    The losses stay on the device: reading them would wait for the accelerator at every step.
+    """
+    losses = []
+    for inputs, targets in micro_batches:
+        with accelerator.accumulate(model):
+            loss = model(input_ids=inputs, shift_labels=targets, use_cache=False).loss
+            accelerator.backward(loss)
+        losses.append(loss.detach())
+    if not accelerator.sync_gradients:
+        raise RuntimeError("gradient accumulation is out of step: the last micro-batch did not synchronise")
+    grad_norm = accelerator.clip_grad_norm_(model.parameters(), grad_clip) if grad_clip else None
+    optimizer.step()  # with fp16, the loss scaler skips it when gradients overflowed
+    optimizer.zero_grad(set_to_none=True)
+    return torch.stack(losses).mean(), grad_norm
+
+
+# -------------------------------------------------------------------------------------------- checkpoints
+@dataclass
+class TrainingState:
+    """What the loop itself must remember across a resume (Accelerate saves the model, optimizer, RNGs...)."""
+
+    step: int = 0
+    tokens: int = 0
+    max_steps: int = 0  # the configured one, or what fits in max_minutes once measured
+    budget_fixed: bool = False  # max_steps already fitted to max_minutes
+    best_val_loss: float = math.inf
+    best_step: int = 0
+    skipped_steps: int = 0  # fp16 updates skipped by the loss scaler (overflow)
+    wall_time_s: float = 0.0
+    micro_batches_per_step: int = 0  # across all processes: what the batches and the schedule depend on
+    num_processes: int = 1
+    precision: str = "no"
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        state = asdict(self)
+        state["best_val_loss"] = None if math.isinf(self.best_val_loss) else self.best_val_loss
+        return state
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrainingState:
+        data = {key: value for key, value in data.items() if key in cls.__dataclass_fields__}
+        if data.get("best_val_loss") is None:
+            data["best_val_loss"] = math.inf
+        return cls(**data)
+
+
+def checkpoint_path(out_dir: Path, step: int) -> Path:
+    return out_dir / "checkpoints" / f"step_{step:07d}"
+
+
+def save_checkpoint(
+    accelerator: Accelerator, model: torch.nn.Module, out_dir: Path, state: TrainingState, config: TrainingConfig
+) -> Path:
+    """Save the full training state into `checkpoints/step_NNNNNNN`, atomically, and keep the last `keep_last`.
+
+    Every process writes into a temporary folder (`save_state` writes the weights, optimizer, scheduler, loss
+    scaler and each process's random state); the main process adds `training_state.json` (with the size of every
+    file, to detect a damaged copy) and the config, then renames the folder into place. A checkpoint folder
+    therefore exists only once complete: a kill during the save leaves a `.tmp-` folder that resuming ignores.
+    Only the last `config.keep_last` checkpoints are kept.
+    """
+    final = checkpoint_path(out_dir, state.step)
+    temporary = final.with_name(f".tmp-{final.name}")
+    if accelerator.is_main_process and temporary.exists():
+        shutil.rmtree(temporary)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(temporary))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        config.save(temporary / "train_config.yaml")
+        accelerator.unwrap_model(model).config.save_pretrained(temporary)
+        files = {p.name: p.stat().st_size for p in sorted(temporary.iterdir()) if p.is_file()}
+        _write_json(temporary / STATE_FILE, {**state.to_json(), "files": files})
+        if os.environ.get(SAVE_PAUSE_ENV):
+            time.sleep(float(os.environ[SAVE_PAUSE_ENV]))
+        _replace_dir(temporary, final)
+        for old in list_checkpoints(out_dir)[: -config.keep_last]:
+            _remove_dir(old)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def list_checkpoints(out_dir: str | os.PathLike) -> list[Path]:
+    """The checkpoint folders of a run, oldest first (temporary `.tmp-` folders of unfinished saves excluded)."""
+    folder = Path(out_dir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    found = [path for path in folder.iterdir() if path.is_dir() and CHECKPOINT_NAME.match(path.name)]
+    return sorted(found, key=lambda path: path.name)
+
+
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """Why `checkpoint` cannot be resumed from (missing or truncated files), or None when it looks complete."""
+    try:
+        state = json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))
+        files = state["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"no readable {STATE_FILE}"
+    for name, size in files.items():
+        path = checkpoint / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size} bytes instead of {size}"
+    return None
+
+
+def latest_checkpoint(out_dir: str | os.PathLike, log=print) -> Path | None:
+    """The newest complete checkpoint of a run, or None; damaged ones are skipped with a message."""
+    for checkpoint in reversed(list_checkpoints(out_dir)):
+        problem = checkpoint_problem(checkpoint)
+        if problem is None:
+            return checkpoint
+        log(f"skipping checkpoint {checkpoint}: {problem}")
+    return None
+
+
+def read_checkpoint(checkpoint: Path) -> tuple[TrainingState, TrainingConfig]:
+    state = json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))
+    return TrainingState.from_json(state), TrainingConfig.load(checkpoint / "train_config.yaml")
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+class MetricsLog:
+    """`metrics.jsonl`: one JSON object per line. Only the main process writes."""
+
+    def __init__(self, path: Path, enabled: bool, resume_step: int | None):
+        self.path, self.enabled = path, enabled
+        if not enabled:
+            return
+        if resume_step is None:
+            path.unlink(missing_ok=True)
+        else:  # forget what a killed run logged after its last checkpoint: the resumed run logs it again
+            kept = [record for record in self.read() if record["step"] <= resume_step]
+            _write_text(path, "".join(json.dumps(record) + "\n" for record in kept))
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.enabled:
+            with self.path.open("a", encoding="utf-8") as file:
+                file.write(json.dumps(record) + "\n")
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.is_file():
+            return []
+        return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def plot_loss_curve(records: list[dict[str, Any]], path: Path) -> Path:
+    """Train and validation loss against tokens seen, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(r["tokens"], r["train/loss"]) for r in records if "train/loss" in r]
+    val = [(r["tokens"], r["val/loss"]) for r in records if "val/loss" in r]
+    train_eval = [(r["tokens"], r["train/eval_loss"]) for r in records if "train/eval_loss" in r]
+    figure, axes = plt.subplots(figsize=(7, 4.5), dpi=120)
+    if train:
+        axes.plot(*zip(*train), color="tab:blue", alpha=0.35, linewidth=0.8, label="train (each step)")
+    if train_eval:
+        axes.plot(*zip(*train_eval), color="tab:blue", marker=".", label="train (fixed batches)")
+    if val:
+        axes.plot(*zip(*val), color="tab:orange", marker=".", label="validation")
+    axes.set_xlabel("tokens seen")
+    axes.set_ylabel("cross-entropy loss (nats per token)")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    temporary = path.with_name(f".tmp-{path.name}")
+    figure.savefig(temporary, format="png")
+    plt.close(figure)
+    os.replace(temporary, path)
+    return path
+
+
+# --------------------------------------------------------------------------------------- model folders
+def export_model(accelerator: Accelerator, model: torch.nn.Module, tokenizer, directory: Path,
+                 results: dict[str, Any], config: TrainingConfig, loss_curve: Path | None = None,
+                 model_card: bool = False) -> Path:  # fmt: skip
+    """Write a Hub-ready model folder, atomically (built under a temporary name, then renamed into place).
+
+    The folder holds the safetensors weights, config.json, generation_config.json, the model's code (remote
+    code), the tokenizer, training_results.json, train_config.yaml, a copy of the loss curve, and the model card.
+    Every process must call this (FSDP gathers the full weights); only the main process writes.
+    """
+    state_dict = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        temporary = directory.with_name(f".tmp-{directory.name}")
+        if temporary.exists():
+            shutil.rmtree(temporary)
+        with _quiet_progress_bars():  # inside the training bar
+            accelerator.unwrap_model(model).save_pretrained(temporary, state_dict=state_dict)
+        save_tokenizer(tokenizer, temporary)
+        _write_json(temporary / "training_results.json", results)
+        config.save(temporary / "train_config.yaml")
+        if loss_curve is not None and loss_curve.is_file():
+            shutil.copy2(loss_curve, temporary / "loss_curve.png")
+        _replace_dir(temporary, directory)
+        if model_card:
+            write_card(directory)
+    accelerator.wait_for_everyone()
+    return directory
+
+
+def write_card(directory: Path) -> None:
+    """The model card (README.md), from the folder's own files (slm_hf.model_card)."""
+    from .model_card import write_model_card
+
+    write_model_card(directory)
+
+
+# ---------------------------------------------------------------------------------------------- the run
+@dataclass
+class TrainingOutcome:
+    out_dir: Path
+    final_dir: Path | None  # None when the run was interrupted
+    step: int
+    interrupted_by: str | None = None  # the signal's name
+
+
+class StopSignals:
+    """SIGINT / SIGTERM ask the loop to save a checkpoint and stop after the current step; a second one stops now."""
+
+    def __init__(self, verbose: bool = True):
+        self.received: str | None = None
+        self.verbose = verbose
+        self._previous = {}
+
+    def __enter__(self):
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+        if self.verbose:
+            tqdm.write(f"{self.received}: saving a checkpoint after this step, then stopping (again to stop at once)")
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def train(
+    config: TrainingConfig,
+    data_dir: str | os.PathLike | None = None,
+    out_dir: str | os.PathLike | None = None,
+    *,
+    resume: str | None = None,
+    overwrite: bool = False,
+) -> TrainingOutcome:
+    """Train a model as `config` says, on the data folder `data_dir`, writing everything into `out_dir`.
+
+    Args:
+        config: the model and the recipe.
+        data_dir: a folder made by `slm_hf.data.prepare_data` (defaults to `config.data`).
+        out_dir: the run's folder (defaults to `config.out`).
+        resume: `"auto"` continues from the newest complete checkpoint in `out_dir` if there is one (else starts
+            afresh); a path continues from that checkpoint.
+        overwrite: replace the outputs of an earlier run in `out_dir`.
+    """
+    started = time.perf_counter()
+    data_dir = _required_path(data_dir or config.data, "data folder", "--data DIR")
+    out_dir = _required_path(out_dir or config.out, "output folder", "--out DIR")
+
+    # The data folder decides the vocabulary; the config must agree with it.
+    meta = read_meta(data_dir)
+    tokenizer = load_tokenizer(data_dir / meta["tokenizer"]["path"])
+    if len(tokenizer) != meta["vocab_size"]:
+        raise SLMError(f"{data_dir}: meta.json says vocab_size {meta['vocab_size']} but the tokenizer has "
+                       f"{len(tokenizer)} tokens; prepare the data folder again")  # fmt: skip
+    model_config = config.model_config(meta["vocab_size"], meta["eos_token_id"])
+    config = replace(
+        config,
+        block_size=config.block_size or model_config.max_position_embeddings,
+        model={**config.model, "vocab_size": model_config.vocab_size, "eos_token_id": meta["eos_token_id"],
+               "bos_token_id": meta["eos_token_id"], "pad_token_id": meta["eos_token_id"]},  # fmt: skip
+    )
+    data_summary = _data_summary(meta, tokenizer)
+
+    # Processes, device and precision: Accelerate's shared state first (the device decides the precision).
+    # (Accelerator reads ACCELERATE_USE_CPU itself, PartialState does not: without it, torchrun on a machine
+    # without GPUs would start independent single processes.)
+    distributed = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    checkpoint = _plan_output(out_dir, resume, overwrite, config, data_summary, distributed)
+    precision = [None]
+    if distributed.is_main_process:
+        tokens = config.batch_size * config.block_size
+        precision = [resolve_precision(config.mixed_precision, distributed.device, model_config, tokens)]
+    broadcast_object_list(precision)  # every process must use the same precision
+    precision = precision[0]
+    config = replace(config, mixed_precision=precision)
+    _check_tracker(config.report_to)
+
+    accelerator = Accelerator(
+        mixed_precision=precision,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        # We step the scheduler once per update ourselves. Accelerate's default steps it once per process per
+        # update (it assumes each process adds its batch to one bigger global batch).
+        step_scheduler_with_optimizer=False,
+        log_with=None if config.report_to == "none" else config.report_to,
+        project_config=ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(out_dir / "logs")),
+    )
+    world, rank = accelerator.num_processes, accelerator.process_index
+    accumulation = accelerator.gradient_accumulation_steps  # ACCELERATE_GRADIENT_ACCUMULATION_STEPS may override it
+    micro_batches = accumulation * world
+    tokens_per_step = micro_batches * config.batch_size * config.block_size
+    main = accelerator.is_main_process
+
+    def log(message: str) -> None:
+        if main:
+            tqdm.write(message)
+
+    # The model, initialised identically on every process; then dropout differs per process.
+    set_seed(config.seed)
+    model = SLMForCausalLM(model_config)
+    model.generation_config = GenerationConfig(
+        **STORY_SAMPLING, bos_token_id=model_config.bos_token_id, eos_token_id=model_config.eos_token_id,
+        pad_token_id=model_config.pad_token_id,
+    )  # fmt: skip
+    tokenizer.model_max_length = model_config.max_position_embeddings
+    set_seed(config.seed, device_specific=True)
+    optimizer = build_optimizer(model, config)
+    schedule = Schedule(config.learning_rate, config.min_lr, config.warmup_steps, config.max_steps,
+                        config.warmup_start_factor)  # fmt: skip
+    # LambdaLR counts the updates done so far; update n + 1 is the next one.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda done: schedule.lr(done + 1) / schedule.peak)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+
+    # Data: random training windows; fixed validation and training batches for evaluation.
+    train_windows = TokenWindows(load_tokens(data_dir, "train"), config.block_size, config.batch_size, config.seed, 0)
+    eval_batches = -(-config.eval_iters // world) * world  # a multiple of the number of processes
+    val_windows = TokenWindows(load_tokens(data_dir, "val"), config.block_size, config.batch_size, config.seed, 1)
+    val_batches = [val_windows.batch(i) for i in range(rank, eval_batches, world)]
+    train_eval_windows = TokenWindows(train_windows.tokens, config.block_size, config.batch_size, config.seed, 2)
+    train_eval_batches = [train_eval_windows.batch(i) for i in range(rank, eval_batches, world)]
+    val_bytes_per_token = meta["splits"]["val"]["bytes_per_token"]
+
+    # Fresh start, or resume.
+    state = TrainingState(max_steps=config.max_steps, micro_batches_per_step=micro_batches, num_processes=world,
+                          precision=precision, data=data_summary)  # fmt: skip
+    if checkpoint is not None:
+        saved_state, _ = read_checkpoint(checkpoint)
+        accelerator.load_state(str(checkpoint))
+        state = replace(saved_state, num_processes=world, precision=precision)
+        if config.max_steps != saved_state.max_steps and not saved_state.budget_fixed:
+            state.max_steps = config.max_steps  # asked to train longer (or shorter): the cosine stretches
+        log(f"resumed from {checkpoint} (step {state.step}, {state.tokens:,} tokens)")
+    schedule.max_steps = state.max_steps
+    metrics = MetricsLog(out_dir / "metrics.jsonl", main, state.step if checkpoint is not None else None)
+    if main:
+        config.save(out_dir / "train_config.yaml")
+    if config.report_to != "none":
+        accelerator.init_trackers("slm_hf", config=_flat_hparams(config))
+
+    parameters = sum(p.numel() for p in accelerator.unwrap_model(model).parameters())
+    log(
+        f"training {parameters / 1e6:.2f}M parameters on {_device_name(accelerator)} x{world}, precision "
+        f"{_precision_name(precision)}, {tokens_per_step:,} tokens per step ({world} process(es) x {accumulation} "
+        f"micro-batches x {config.batch_size} x {config.block_size}), up to step {state.max_steps}"
+    )
+
+    prior_wall_time = state.wall_time_s
+
+    def elapsed() -> float:
+        """Seconds this run has taken, earlier sessions included."""
+        return prior_wall_time + time.perf_counter() - started
+
+    def evaluate(batches) -> float:
+        """Mean loss over this process's share of fixed batches, averaged over all processes."""
+        model.eval()
+        total = torch.zeros((), device=accelerator.device)
+        with torch.no_grad():
+            for inputs, targets in batches:
+                inputs, targets = inputs.to(accelerator.device), targets.to(accelerator.device)
+                total += model(input_ids=inputs, shift_labels=targets, use_cache=False).loss.float()
+        model.train()
+        return accelerator.reduce(total, "sum").item() / eval_batches
+
+    def sample_story() -> str | None:
+        """A short story from the model, with its own seed: the training's random streams are left untouched."""
+        if config.sample_tokens == 0 or accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+            return None  # fmt: skip
+        unwrapped = accelerator.unwrap_model(model)
+        devices = [accelerator.device] if accelerator.device.type == "cuda" else []
+        unwrapped.eval()
+        with torch.random.fork_rng(devices=devices, device_type=accelerator.device.type), torch.no_grad():
+            torch.manual_seed(config.seed)
+            prompt = torch.tensor([[model_config.bos_token_id]], device=accelerator.device)
+            story = unwrapped.generate(prompt, max_new_tokens=config.sample_tokens, attention_mask=torch.ones_like(prompt))
+        unwrapped.train()
+        return tokenizer.decode(story[0, 1:], skip_special_tokens=True).strip()
+
+    def results(record: dict[str, Any]) -> dict[str, Any]:
+        """training_results.json of a model folder: the evaluation `record` and the run around it."""
+        history = [
+            {"step": r["step"], "tokens": r["tokens"], "train/loss": r["train/eval_loss"], "val/loss": r["val/loss"]}
+            for r in metrics.read()
+            if "val/loss" in r and r["step"] <= record["step"]
+        ]
+        return {
+            "step": record["step"],
+            "tokens": record["tokens"],
+            "wall_time_s": round(elapsed(), 1),
+            "val/loss": record["val/loss"],
+            "val/perplexity": record["val/perplexity"],
+            "val/bits_per_byte": record["val/bits_per_byte"],
+            "train/loss": record["train/eval_loss"],
+            "precision": _precision_name(precision),
+            "device": _device_name(accelerator),
+            "num_processes": world,
+            "parameters": parameters,
+            "config": config.to_dict(),
+            "data": data_summary,
+            "history": history,
+        }
+
+    # ------------------------------------------------------------------------------------------ the loop
+    pending: list[tuple[int, torch.Tensor, float, torch.Tensor | None]] = []  # per-step values not yet logged
+    window = {"time": time.perf_counter(), "tokens": state.tokens}
+    last_eval: dict[str, Any] | None = None
+    bar = tqdm(total=state.max_steps, initial=state.step, disable=not main, unit="step", dynamic_ncols=True)
+
+    def flush() -> None:
+        """Write the pending per-step metrics (one host sync for many steps) and refresh the progress bar."""
+        if not pending:
+            return
+        values = torch.stack([loss for _, loss, _, _ in pending]).tolist()
+        norms = [None if norm is None else norm.item() for _, _, _, norm in pending]
+        for (step, _, lr, _), loss, norm in zip(pending, values, norms):
+            record = {"step": step, "tokens": step * tokens_per_step, "train/loss": loss, "lr": lr}
+            if norm is not None:
+                record["grad_norm"] = norm
+            if state.skipped_steps:
+                record["skipped_steps"] = state.skipped_steps
+            metrics.write(record)
+            if config.report_to != "none":
+                accelerator.log({k: v for k, v in record.items() if k not in ("step",)}, step=step)
+        now = time.perf_counter()
+        speed = (state.tokens - window["tokens"]) / max(now - window["time"], 1e-9)
+        window.update(time=now, tokens=state.tokens)
+        bar.set_postfix(loss=f"{values[-1]:.3f}", lr=f"{pending[-1][2]:.2e}", tok_s=f"{speed:,.0f}", refresh=False)
+        bar.update(pending[-1][0] - bar.n)
+        pending.clear()
+
+    def run_eval() -> dict[str, Any]:
+        nonlocal last_eval
+        flush()
+        val_loss, train_loss = evaluate(val_batches), evaluate(train_eval_batches)
+        record = {
+            "step": state.step,
+            "tokens": state.tokens,
+            "val/loss": val_loss,
+            "val/perplexity": math.exp(min(val_loss, 50)),
+            "val/bits_per_byte": val_loss / math.log(2) / val_bytes_per_token,
+            "train/eval_loss": train_loss,
+        }
+        story = sample_story() if main else None
+        if config.report_to != "none":
+            accelerator.log({k: v for k, v in record.items() if k != "step"}, step=state.step)
+        log(
+            f"step {state.step}: val loss {val_loss:.4f} (perplexity {record['val/perplexity']:.2f}, "
+            f"{record['val/bits_per_byte']:.3f} bits/byte), train loss {train_loss:.4f}"
+            + (f"\n  sample: {story!r}" if story is not None else "")
+        )
+        if story is not None:
+            record["sample"] = story
+        metrics.write(record)
+        if val_loss < state.best_val_loss:
+            state.best_val_loss, state.best_step = val_loss, state.step
+            export_model(accelerator, model, tokenizer, out_dir / "best", results(record), config)
+        last_eval = record
+        window["time"] = time.perf_counter()  # keep evaluation time out of the tokens/s
+        return record
+
+    def checkpoint_now() -> None:
+        flush()
+        state.wall_time_s = elapsed()
+        save_checkpoint(accelerator, model, out_dir, state, config)
+        window["time"] = time.perf_counter()
+
+    if checkpoint is not None and state.step >= state.max_steps and (out_dir / "final").is_dir():
+        log(f"{out_dir} is already trained to step {state.step}: nothing to do (final model in {out_dir / 'final'})")
+        bar.close()
+        accelerator.end_training()
+        return TrainingOutcome(out_dir, out_dir / "final", state.step)
+
+    # With a time budget, max_steps is fitted once warmup is over (the schedule up to there does not depend on it).
+    budget = config.max_minutes * 60 if config.max_minutes else None
+    fit_budget_at = max(math.ceil(config.warmup_steps), 10)
+    speed_from: tuple[int, float] | None = None  # (step, time) from which the step time is measured
+    interrupted = None
+    model.train()
+    with StopSignals(verbose=main) as signals:
+        while state.step < state.max_steps:
+            # One update: this process's micro-batches are numbers rank, rank + world, ... of the step's
+            # `micro_batches`, so the union over processes does not depend on how many there are.
+            batches = (train_windows.batch(state.step, micro * world + rank) for micro in range(accumulation))
+            batches = ((x.to(accelerator.device), y.to(accelerator.device)) for x, y in batches)
+            lr = scheduler.get_last_lr()[0]
+            loss, grad_norm = optimizer_step(accelerator, model, optimizer, batches, config.grad_clip)
+            if accelerator.optimizer_step_was_skipped:
+                state.skipped_steps += 1
+                log(f"step {state.step + 1}: fp16 gradients overflowed, update skipped (loss scale lowered)")
+            else:
+                scheduler.step()
+            state.step += 1
+            state.tokens += tokens_per_step
+            pending.append((state.step, accelerator.reduce(loss, "mean"), lr, grad_norm))
+            if state.step % config.log_interval == 0:
+                flush()
+
+            fit_budget = budget is not None and not state.budget_fixed and state.step >= fit_budget_at
+            if state.step % config.eval_interval == 0 or state.step == state.max_steps or fit_budget:
+                eval_started = time.perf_counter()
+                run_eval()
+                if fit_budget:
+                    step_time = (eval_started - speed_from[1]) / max(state.step - speed_from[0], 1)
+                    eval_time = time.perf_counter() - eval_started
+                    state.max_steps = schedule.max_steps = _fit_budget(
+                        state.step, config, budget - elapsed(), step_time, eval_time
+                    )
+                    state.budget_fixed = True
+                    bar.total = state.max_steps
+                    log(f"time budget {config.max_minutes:g} min: training to step {state.max_steps}")
+            if speed_from is None and state.step >= min(2, state.max_steps):
+                speed_from = (state.step, time.perf_counter())  # the first steps are slow (warm-up)
+
+            stop = signals.received is not None
+            over_budget = budget is not None and elapsed() > budget
+            if world > 1:  # every process must stop at the same step
+                flags = torch.tensor([stop, over_budget], device=accelerator.device, dtype=torch.int32)
+                stop, over_budget = (bool(flag) for flag in accelerator.reduce(flags, "max").tolist())
+            if over_budget and state.step < state.max_steps:
+                log(f"time budget of {config.max_minutes:g} min used up at step {state.step}: finishing here")
+                state.max_steps = state.step
+                run_eval()
+            if state.step % config.save_interval == 0 or state.step == state.max_steps or stop:
+                checkpoint_now()
+            if stop:
+                interrupted = signals.received or "SIGTERM"  # another process got the signal
+                break
+    flush()
+    bar.close()
+
+    records = metrics.read()
+    curve = plot_loss_curve(records, out_dir / "loss_curve.png") if main else None
+    if interrupted:
+        log(f"stopped by {interrupted} at step {state.step}; checkpoint saved. Continue with --resume auto")
+        accelerator.end_training()
+        return TrainingOutcome(out_dir, None, state.step, interrupted)
+
+    # The model folders: final (this step) and best (lowest validation loss), each with the loss curve and card.
+    final_record = last_eval if last_eval is not None and last_eval["step"] == state.step else run_eval()
+    final_dir = export_model(accelerator, model, tokenizer, out_dir / "final", results(final_record), config,
+                             loss_curve=curve, model_card=True)  # fmt: skip
+    if main and (out_dir / "best").is_dir():
+        shutil.copy2(curve, out_dir / "best" / "loss_curve.png")
+        write_card(out_dir / "best")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    log(
+        f"done: step {state.step}, {state.tokens:,} tokens, val loss {final_record['val/loss']:.4f} "
+        f"({final_record['val/bits_per_byte']:.3f} bits/byte); best val loss {state.best_val_loss:.4f} at step "
+        f"{state.best_step}. Model: {final_dir}"
+    )
+    return TrainingOutcome(out_dir, final_dir, state.step)
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def _fit_budget(step: int, config: TrainingConfig, seconds_left: float, step_time: float, eval_time: float) -> int:
+    """The last step that fits in `seconds_left`, given the measured time of a step and of an evaluation.
+
+    Each remaining step costs its own time plus its share of the evaluations; the end costs about two more
+    evaluations' time (the final evaluation, and the model folders).
+    """
+    per_step = step_time + eval_time / config.eval_interval
+    return max(step, min(config.max_steps, step + int((seconds_left - 2 * eval_time) / per_step)))
+
+
+def _plan_output(out_dir: Path, resume: str | None, overwrite: bool, config: TrainingConfig,
+                 data_summary: dict[str, Any], distributed: PartialState) -> Path | None:  # fmt: skip
+    """Check the output folder; return the checkpoint to resume from (or None to start afresh)."""
+    if resume and overwrite:
+        raise SLMError("--resume and --overwrite contradict each other: choose one")
+    _check_writable(out_dir)
+    existing = [name for name in RUN_OUTPUTS if (out_dir / name).exists()]
+    checkpoint = None
+    if resume == "auto":
+        checkpoint = latest_checkpoint(out_dir, log=print if distributed.is_main_process else lambda _: None)
+        finished = [name for name in ("final", "best") if name in existing]
+        if checkpoint is None and finished:
+            raise SLMError(
+                f"{out_dir} holds a trained model ({', '.join(finished)}/) but no checkpoint to resume from; "
+                f"pass --overwrite to train again from scratch, or choose another --out"
+            )
+    elif resume:
+        checkpoint = Path(resume)
+        problem = checkpoint_problem(checkpoint) if checkpoint.is_dir() else "no such folder"
+        if problem:
+            raise SLMError(f"cannot resume from {checkpoint}: {problem}")
+    elif existing and not overwrite:
+        raise SLMError(
+            f"{out_dir} already holds a training run ({', '.join(existing)}); pass --resume auto to continue it, "
+            f"--overwrite to replace it, or choose another --out"
+        )
+    if checkpoint is not None:
+        saved_state, saved_config = read_checkpoint(checkpoint)
+        differences = config.trajectory_differences(saved_config)
+        if saved_state.micro_batches_per_step != config.gradient_accumulation_steps * distributed.num_processes:
+            differences.append(
+                f"micro-batches per step (processes x gradient_accumulation_steps): "
+                f"{saved_state.micro_batches_per_step} -> {config.gradient_accumulation_steps * distributed.num_processes}"
+            )
+        for key in ("tokenizer_sha256", "train_tokens"):
+            if saved_state.data.get(key) != data_summary[key]:
+                differences.append(f"data {key}: {saved_state.data.get(key)} -> {data_summary[key]}")
+        if differences:
+            raise SLMError(
+                f"{checkpoint} belongs to a different run ({'; '.join(differences)}); use the same config and "
+                f"data to resume, or --overwrite / another --out to start a new run"
+            )
+    elif overwrite and distributed.is_main_process:
+        for name in existing:
+            path = out_dir / name
+            _remove_dir(path) if path.is_dir() else path.unlink()
+    distributed.wait_for_everyone()
+    return checkpoint
+
+
+def _check_writable(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise SLMError(f"cannot write to the output folder {out_dir}: {error.strerror or error}") from error
+
+
+def _check_tracker(report_to: str) -> None:
+    import importlib.util
+
+    if report_to != "none" and importlib.util.find_spec(report_to) is None:
+        raise SLMError(f"--report-to {report_to} needs the {report_to} package: pip install {report_to}")
+
+
+def _required_path(value: str | os.PathLike | None, what: str, flag: str) -> Path:
+    if not value:
+        raise SLMError(f"no {what} given: pass {flag} or set it in the config")
+    return Path(value)
+
+
+def _data_summary(meta: dict[str, Any], tokenizer) -> dict[str, Any]:
+    splits = meta["splits"]
+    return {
+        "source": meta.get("source"),
+        "tokenizer": meta["tokenizer"].get("name_or_path"),
+        "tokenizer_sha256": meta["tokenizer"].get("sha256") or tokenizer_sha256(tokenizer),
+        "vocab_size": meta["vocab_size"],
+        "train_tokens": splits["train"]["tokens"],
+        "train_stories": splits["train"].get("stories"),
+        "val_tokens": splits["val"]["tokens"],
+        "val_bytes_per_token": splits["val"]["bytes_per_token"],
+    }
+
+
+def _flat_hparams(config: TrainingConfig) -> dict[str, Any]:
+    """The config as flat scalars, for trackers (TensorBoard's hparams take no lists or dicts)."""
+    flat = {}
+    for key, value in config.to_dict().items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        elif isinstance(value, list):
+            flat[key] = str(value)
+        elif value is not None:
+            flat[key] = value
+    return flat
+
+
+def _device_name(accelerator: Accelerator) -> str:
+    device = accelerator.device
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type} ({torch.get_num_threads()} threads)"
+
+
+def _precision_name(precision: str) -> str:
+    return {"no": "fp32", "fp16": "fp16 mixed", "bf16": "bf16 mixed"}.get(precision, precision)
+
+
+@contextlib.contextmanager
+def _quiet_progress_bars():
+    enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            transformers_logging.enable_progress_bar()
+
+
+def _write_json(path: Path, data: Any) -> None:
+    _write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def _write_text(path: Path, text: str) -> None:
+    temporary = path.with_name(f".tmp-{path.name}")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def _replace_dir(source: Path, target: Path) -> None:
+    """Move the finished folder `source` to `target`, replacing an older `target` (never leaving a half one)."""
+    if target.exists():
+        _remove_dir(target)
+    os.rename(source, target)
+
+
+def _remove_dir(path: Path) -> None:
+    """Delete a folder: rename it first, so a kill during the deletion leaves no half folder under its name."""
+    trash = path.with_name(f".trash-{path.name}-{os.getpid()}")
+    os.rename(path, trash)
+    shutil.rmtree(trash)
+
+
+__all__ = [
+    "Schedule",
+    "TokenWindows",
+    "TrainingOutcome",
+    "TrainingState",
+    "build_optimizer",
+    "checkpoint_problem",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "optimizer_step",
+    "plot_loss_curve",
+    "resolve_precision",
+    "train",
+]
