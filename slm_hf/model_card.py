@@ -1,40 +1,351 @@
-"""The model card: `write_model_card(model_dir)` renders the card template into `model_dir/README.md`.
+"""The model card: the README.md that introduces a model folder on the Hugging Face Hub.
 
-(First version: a minimal card from `training_results.json`; the full template follows.)
+    write_model_card("runs/cpu-demo/final")                     # -> runs/cpu-demo/final/README.md
+    problems = check_model_card("runs/cpu-demo/final/README.md")  # [] when the metadata is complete
+
+`write_model_card` renders the template `model_card.md` (Jinja2, through huggingface_hub's
+`ModelCard.from_template`) with what the folder itself holds: the architecture from `config.json`, the numbers from
+`training_results.json` (written by training), the picture `loss_curve.png`, and a few stories it samples from the
+model with fixed prompts and a fixed seed. No number is typed by hand; a section whose source file is missing is
+left out. The YAML metadata carries a `model-index` with the measured validation loss, perplexity and bits per byte.
+
+The template has one copy, `model_card.md` at the top of the repository; the package reaches it as
+`slm_hf/templates/model_card.md` (a link in a source checkout, a copy in an installed wheel).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+from dataclasses import replace
+from importlib import resources
 from pathlib import Path
+from typing import Any
 
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .errors import SLMError
+from .evaluation import QUALITY_PROMPTS, QUALITY_SETTINGS
 
-_MINIMAL_TEMPLATE = "---\n{{ card_data }}\n---\n\n# {{ model_name }}\n\nA small story-telling language model trained on TinyStories.\n"
+LICENSE = "apache-2.0"
+LICENSE_NAME = "Apache 2.0"
+DATASET_ID = "roneneldan/TinyStories"
+TAGS = ["text-generation", "tinystories", "slm_hf", "custom_code"]
+# Metadata a card must carry to be found and shown right on the Hub: `check_model_card` looks for these.
+REQUIRED_METADATA = ("license", "language", "datasets", "pipeline_tag", "library_name", "tags", "model-index")
+# model-index metric ids (metric_type) and the training_results.json keys they come from.
+METRICS = (
+    ("loss", "Validation loss (nats per token)", "val/loss"),
+    ("perplexity", "Perplexity", "val/perplexity"),
+    ("bits_per_byte", "Bits per byte", "val/bits_per_byte"),
+)
+NUM_SAMPLES = 3
+PLACEHOLDER_REPO_ID = "your-username/{name}"
 
 
-def write_model_card(model_dir: str | os.PathLike) -> Path:
-    """Render the model card of the trained folder `model_dir` into `model_dir/README.md` and return its path."""
+def template_path() -> Path:
+    """The card template: shipped in the package, or at the top of a source checkout."""
+    packaged = resources.files("slm_hf") / "templates" / "model_card.md"
+    if packaged.is_file():
+        return Path(str(packaged))
+    checkout = Path(__file__).resolve().parent.parent / "model_card.md"
+    if checkout.is_file():
+        return checkout
+    raise SLMError("the model card template model_card.md is missing from the slm_hf installation; reinstall it")
+
+
+def write_model_card(
+    model_dir: str | os.PathLike,
+    *,
+    repo_id: str | None = None,
+    model_name: str | None = None,
+    num_samples: int = NUM_SAMPLES,
+) -> Path:
+    """Render the model card of `model_dir` into `model_dir/README.md` (atomically) and return its path.
+
+    Args:
+        model_dir: a Hub-ready model folder (a training run's `final/` or `best/`).
+        repo_id: the Hub repository the card's examples load from; default `your-username/<model name>`.
+        model_name: the title and model-index name; default the repo id's name, else the run's folder name.
+        num_samples: sample stories to generate for the card (0 for none), from `evaluation.QUALITY_PROMPTS`.
+    """
     model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise SLMError(f"{model_dir} is not a model folder (no config.json in it)")
-    results_file = model_dir / "training_results.json"
-    results = json.loads(results_file.read_text(encoding="utf-8")) if results_file.is_file() else {}
-    card_data = ModelCardData(
-        language="en",
-        license="apache-2.0",
-        library_name="transformers",
-        pipeline_tag="text-generation",
-        datasets=["roneneldan/TinyStories"],
-        tags=["tinystories", "custom_code", "slm_hf"],
-    )
-    card = ModelCard.from_template(card_data, template_str=_MINIMAL_TEMPLATE, model_name=model_dir.resolve().name)
+    card = render_model_card(model_dir, repo_id=repo_id, model_name=model_name, num_samples=num_samples)
     path = model_dir / "README.md"
-    temporary = path.with_name(path.name + ".tmp")
+    temporary = path.with_name(f".tmp-{path.name}")
     card.save(temporary)
     os.replace(temporary, path)
-    del results
     return path
+
+
+def render_model_card(
+    model_dir: str | os.PathLike,
+    *,
+    repo_id: str | None = None,
+    model_name: str | None = None,
+    num_samples: int = NUM_SAMPLES,
+) -> ModelCard:
+    """The `ModelCard` `write_model_card` saves, without writing it."""
+    model_dir = Path(model_dir)
+    config = _read_json(model_dir / "config.json", required=True)
+    results = _read_json(model_dir / "training_results.json", required=False)
+    model_name = model_name or default_model_name(model_dir, repo_id)
+    repo_id = repo_id or PLACEHOLDER_REPO_ID.format(name=model_name)
+
+    samples, parameters = _samples_and_parameters(model_dir, num_samples)
+    if results and results.get("parameters"):
+        parameters = int(results["parameters"])
+    sample_settings = replace(QUALITY_SETTINGS, max_new_tokens=min(QUALITY_SETTINGS.max_new_tokens,
+                                                                    config.get("max_position_embeddings") or 10**9))
+    card_data = ModelCardData(
+        language="en",
+        license=LICENSE,
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        datasets=[DATASET_ID],
+        tags=list(TAGS),
+        model_name=model_name,
+        eval_results=_eval_results(results) or None,
+    )
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(template_path()),
+        model_name=model_name,
+        repo_id=repo_id,
+        parameters=_human_count(parameters),
+        results=_results_section(results),
+        architecture=_architecture_section(config, parameters),
+        training=_training_section(results),
+        loss_curve="loss_curve.png" if (model_dir / "loss_curve.png").is_file() else None,
+        samples=samples,
+        sample_settings=sample_settings.to_dict(),
+        license_name=LICENSE_NAME,
+    )
+
+
+def default_model_name(model_dir: Path, repo_id: str | None = None) -> str:
+    """The repo id's name, else the run's name: `runs/cpu-demo/final` gives `slm-cpu-demo`."""
+    if repo_id:
+        return repo_id.rstrip("/").split("/")[-1]
+    folder = model_dir.resolve()
+    run = folder.parent.name if folder.name in ("final", "best") else folder.name
+    return run if run.startswith("slm") else f"slm-{run}"
+
+
+# ------------------------------------------------------------------------------------------------ sections
+def _read_json(path: Path, required: bool) -> dict[str, Any] | None:
+    if not path.is_file():
+        if required:
+            raise SLMError(f"{path.parent} is not a model folder (no {path.name} in it)")
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise SLMError(f"{path} is not valid JSON: {error}") from None
+
+
+def _samples_and_parameters(model_dir: Path, num_samples: int) -> tuple[list[dict], int]:
+    """Stories sampled from the folder's model (prompt, continuation, ended), and its parameter count."""
+    from .generation import generate_ids, load_pretrained
+
+    model, tokenizer = load_pretrained(model_dir, device="cpu")
+    parameters = sum(parameter.numel() for parameter in model.parameters())
+    settings = QUALITY_SETTINGS
+    samples = []
+    for prompt in QUALITY_PROMPTS[:num_samples]:
+        (ids,) = generate_ids(model, tokenizer, prompt, settings)
+        ended = bool(ids) and ids[-1] == tokenizer.eos_token_id
+        continuation = tokenizer.decode(ids, skip_special_tokens=True)
+        samples.append({"prompt": prompt, "continuation": _quote(continuation), "ended": ended})
+    return samples, parameters
+
+
+def _quote(text: str) -> str:
+    """Text to follow `> ` in a Markdown quote: every line of it stays inside the quote, no stray HTML."""
+    return "\n> ".join(line.rstrip() for line in text.rstrip().replace("<", "&lt;").split("\n"))
+
+
+def _eval_results(results: dict | None) -> list[EvalResult]:
+    if not results:
+        return []
+    dataset_name = _dataset_name(results)
+    return [
+        EvalResult(
+            task_type="text-generation",
+            task_name="Text generation",
+            dataset_type=DATASET_ID,
+            dataset_name=dataset_name,
+            dataset_split="validation",
+            metric_type=metric_type,
+            metric_name=metric_name,
+            metric_value=round(float(results[key]), 4),
+        )
+        for metric_type, metric_name, key in METRICS
+        if isinstance(results.get(key), (int, float)) and math.isfinite(results[key])
+    ]
+
+
+def _dataset_name(results: dict) -> str:
+    source = (results.get("data") or {}).get("source")
+    return f"TinyStories ({source})" if source else "TinyStories"
+
+
+def _results_section(results: dict | None) -> dict | None:
+    if not results or "val/loss" not in results:
+        return None
+    data = results.get("data") or {}
+    val_tokens = data.get("val_tokens")
+    dataset = f"the validation split of {_dataset_name(results)}"
+    if val_tokens:
+        dataset += f" ({val_tokens:,} tokens)"
+    return {
+        "loss": _number(results.get("val/loss"), 4),
+        "perplexity": _number(results.get("val/perplexity"), 2),
+        "bits_per_byte": _number(results.get("val/bits_per_byte"), 4),
+        "step": f"{results.get('step', '?'):,}" if isinstance(results.get("step"), int) else "?",
+        "dataset": dataset,
+    }
+
+
+def _architecture_section(config: dict, parameters: int) -> dict:
+    heads = config.get("num_attention_heads")
+    kv_heads = config.get("num_key_value_heads", heads)
+    positions = config.get("position_embedding_type")
+    rows = [
+        ("Parameters", f"{parameters:,}" + (" (embeddings tied to the output layer)"
+                                            if config.get("tie_word_embeddings") else "")),
+        ("Layers", config.get("num_hidden_layers")),
+        ("Hidden size", config.get("hidden_size")),
+        ("Attention heads", heads if kv_heads == heads else f"{heads} query, {kv_heads} key/value (grouped-query)"),
+        ("Feed-forward", f"{str(config.get('mlp_type', '')).upper() or '?'}, inner size "
+                         f"{config.get('intermediate_size')}"),
+        ("Positions", f"rotary (theta {config.get('rope_theta'):g})" if positions == "rope"
+                      else "learned absolute" if positions == "learned" else positions),
+        ("Normalisation", {"rmsnorm": "RMSNorm", "layernorm": "LayerNorm"}.get(config.get("norm_type"),
+                                                                                 config.get("norm_type"))
+                          + " (pre-norm)"),
+        ("Context", f"{config.get('max_position_embeddings')} tokens"),
+        ("Vocabulary", f"{config.get('vocab_size'):,} tokens (byte-level BPE; `<\\|endoftext\\|>` ends stories)"),
+        ("Dropout", config.get("dropout")),
+        ("Biases", "yes" if config.get("bias") else "no"),
+        ("Model type", f"`{config.get('model_type')}` (`{', '.join(config.get('architectures') or [])}`)"),
+    ]
+    return {"rows": [(name, "?" if value is None else value) for name, value in rows],
+            "context": config.get("max_position_embeddings")}
+
+
+def _training_section(results: dict | None) -> dict | None:
+    if not results:
+        return None
+    train = results.get("config") or {}
+    data = results.get("data") or {}
+    processes = results.get("num_processes") or 1
+    tokens_per_step = None
+    if all(isinstance(train.get(key), int) for key in ("batch_size", "block_size", "gradient_accumulation_steps")):
+        tokens_per_step = train["batch_size"] * train["block_size"] * train["gradient_accumulation_steps"] * processes
+    rows = [
+        ("Steps (optimizer updates)", _integer(results.get("step"))),
+        ("Tokens seen", _integer(results.get("tokens"))),
+        ("Tokens per step", None if tokens_per_step is None else
+            f"{tokens_per_step:,} = {train['batch_size']} windows x {train['block_size']} tokens x "
+            f"{train['gradient_accumulation_steps']} accumulation step(s) x {processes} process(es)"),
+        ("Training loss (at the end)", _number(results.get("train/loss"), 4)),
+        ("Learning rate", _learning_rate(train)),
+        ("Optimizer", None if "betas" not in train else
+            f"AdamW, betas {tuple(train['betas'])}, weight decay {train.get('weight_decay')}, "
+            f"gradient clipping {train.get('grad_clip')}"),
+        ("Precision", results.get("precision")),
+        ("Hardware", None if results.get("device") is None else f"{results['device']} x {processes}"),
+        ("Training time", _duration(results.get("wall_time_s"))),
+        ("Training data", None if not data else
+            f"{_dataset_name(results)}: {_integer(data.get('train_tokens'))} tokens"
+            + (f", {_integer(data.get('train_stories'))} stories" if data.get("train_stories") else "")),
+        ("Validation data", None if not data.get("val_tokens") else
+            f"{_integer(data.get('val_tokens'))} tokens, {data.get('val_bytes_per_token', 0):.3f} bytes per token"),
+        ("Tokenizer", None if not data.get("tokenizer") else
+            f"`{data['tokenizer']}`, {_integer(data.get('vocab_size'))} tokens"),
+    ]
+    return {
+        "rows": [(name, value) for name, value in rows if value is not None],
+        "config_rows": [(key, _config_value(value)) for key, value in _flatten(train)],
+    }
+
+
+def _learning_rate(train: dict) -> str | None:
+    if not isinstance(train.get("learning_rate"), (int, float)):
+        return None
+    text = f"{train['learning_rate']:g} peak"
+    if isinstance(train.get("warmup_steps"), (int, float)):
+        text += f", linear warmup over {train['warmup_steps']:g} steps"
+    if isinstance(train.get("min_lr"), (int, float)):
+        text += f", cosine to {train['min_lr']:g}"
+    return text
+
+
+def _flatten(mapping: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    items = []
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            items.extend(_flatten(value, f"{prefix}{key}."))
+        else:
+            items.append((f"{prefix}{key}", value))
+    return items
+
+
+def _config_value(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (list, tuple, bool)) or value is None else str(value)
+    return text.replace("|", "\\|")
+
+
+def _number(value: Any, digits: int) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) and math.isfinite(value) else "n/a"
+
+
+def _integer(value: Any) -> str | None:
+    return f"{value:,}" if isinstance(value, int) else None
+
+
+def _human_count(count: int) -> str:
+    if count >= 1e6:
+        return f"{count / 1e6:.1f}M"
+    if count >= 1e3:
+        return f"{count / 1e3:.0f}k"
+    return str(count)
+
+
+def _duration(seconds: Any) -> str | None:
+    if not isinstance(seconds, (int, float)):
+        return None
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
+# -------------------------------------------------------------------------------------------------- checks
+def check_model_card(path: str | os.PathLike) -> list[str]:
+    """Problems with a saved card's metadata (offline; the Hub's own validation needs the network).
+
+    Checks that the YAML parses, that `REQUIRED_METADATA` is there, that the tags include `custom_code` (the
+    model's code ships with it) and that the model-index reports numeric loss, perplexity and bits per byte.
+    Returns a list of human-readable problems, empty when the card is complete.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return [f"no model card: {path} is missing (write it with slm_hf.model_card.write_model_card)"]
+    try:
+        card = ModelCard.load(path)
+    except Exception as error:  # huggingface_hub raises ValueError or YAML errors for a broken header
+        return [f"{path.name}: the metadata cannot be read: {error}"]
+    metadata = card.data.to_dict()
+    problems = [f"metadata has no '{key}'" for key in REQUIRED_METADATA if not metadata.get(key)]
+    if "custom_code" not in (metadata.get("tags") or []):
+        problems.append("tags lack 'custom_code' (the model loads with trust_remote_code=True)")
+    if DATASET_ID not in (metadata.get("datasets") or []):
+        problems.append(f"datasets lack '{DATASET_ID}'")
+    reported = {result.metric_type: result.metric_value for result in card.data.eval_results or []}
+    for metric_type, _, _ in METRICS:
+        value = reported.get(metric_type)
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            problems.append(f"model-index has no numeric '{metric_type}'")
+    return problems
