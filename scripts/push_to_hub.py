@@ -1,0 +1,49 @@
+#!/usr/bin/env python
+"""Upload a trained model folder to the Hugging Face Hub (a run's final/ or best/, never its checkpoints).
+
+    python scripts/push_to_hub.py --model runs/cpu-demo/final --repo-id me/slm-tinystories --dry-run
+    python scripts/push_to_hub.py --model runs/cpu-demo/final --repo-id me/slm-tinystories --private
+
+Before uploading it checks the folder offline: the files, the model card's metadata, and that it loads and generates
+with transformers alone (trust_remote_code=True). --dry-run stops there and lists what would be uploaded. The model
+card (README.md) is re-rendered first so that its examples name --repo-id; --keep-card uploads it as it is.
+Log in first with `hf auth login`, or set HF_TOKEN.
+"""
+
+import argparse
+import sys
+
+from slm_hf.errors import exit_on_error
+from slm_hf.hub import push_to_hub
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="the model folder, e.g. runs/cpu-demo/final")
+    parser.add_argument("--repo-id", required=True, help="the Hub repository, user/name or org/name")
+    parser.add_argument("--private", action="store_true", help="create the repository as private")
+    parser.add_argument("--revision", default=None, help="branch to upload to (created if missing; default main)")
+    parser.add_argument("--dry-run", action="store_true", help="check offline and list the files; upload nothing")
+    parser.add_argument("--keep-card", action="store_true", help="upload README.md as it is, without re-rendering")
+    parser.add_argument("--commit-message", default=None)
+    return parser.parse_args(argv)
+
+
+@exit_on_error
+def main(argv=None):
+    args = parse_args(argv)
+    result = push_to_hub(args.model, args.repo_id, private=args.private, revision=args.revision,
+                         dry_run=args.dry_run, update_card=not args.keep_card, commit_message=args.commit_message)
+    for check in result.checks:
+        print(f"ok: {check}", file=sys.stderr)
+    target = f"{result.repo_id}" + (f" (branch {result.revision})" if result.revision else "")
+    if result.dry_run:
+        print(f"dry run: would upload {len(result.files)} files ({result.bytes:,} bytes) to {target}:")
+    else:
+        print(f"uploaded {len(result.files)} files ({result.bytes:,} bytes) to {target}: {result.url}")
+    for name in result.files:
+        print(f"  {name}")
+
+
+if __name__ == "__main__":
+    main()

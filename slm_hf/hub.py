@@ -1,0 +1,249 @@
+"""Sharing: upload a trained model folder to the Hugging Face Hub.
+
+    result = push_to_hub("runs/cpu-demo/final", "me/slm-tinystories", dry_run=True)   # offline: checks + file list
+    result = push_to_hub("runs/cpu-demo/final", "me/slm-tinystories")                 # create_repo + upload_folder
+
+What goes up is exactly one model folder (a training run's `final/` or `best/`): weights, config, the model's code,
+the tokenizer, the card and the training record. Never a run's checkpoints, optimizer state or data, which
+`UPLOAD_IGNORE` keeps out even if someone copies them in, and never the run folder itself.
+
+Before anything leaves the machine the folder is checked offline: the files a Hub user needs are there, the model
+card's metadata is complete (`model_card.check_model_card`), and the folder loads and generates the way a Hub user
+will load it: in a fresh Python process, with `trust_remote_code=True` and without slm_hf, so that the model's own
+code files are what runs. `dry_run=True` stops there and reports what would be uploaded.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from huggingface_hub import HfApi, get_token
+from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+from huggingface_hub.utils import filter_repo_objects
+from huggingface_hub.utils._paths import DEFAULT_IGNORE_PATTERNS
+
+from .errors import SLMError
+from .model_card import check_model_card, write_model_card
+
+# Files a Hub user needs to load and run the model with transformers alone (the weights are checked apart:
+# model.safetensors, or a sharded index).
+REQUIRED_FILES = (
+    "config.json",
+    "generation_config.json",
+    "configuration_slm.py",
+    "modeling_slm.py",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "README.md",
+)
+# Never uploaded: training state, data and scratch files. The weights are safetensors, so a .bin / .pt / .pkl
+# in a model folder is optimizer or data state that was copied in by mistake.
+UPLOAD_IGNORE = [
+    "checkpoints/*",
+    "checkpoint*/*",
+    "step_*/*",
+    "optimizer*",
+    "scheduler*",
+    "scaler*",
+    "random_states*",
+    "training_state.json",
+    "*.bin",
+    "*.pt",
+    "*.pth",
+    "*.pkl",
+    "*.npy",
+    "logs/*",
+    ".*",
+    "*/.*",
+    "*.tmp",
+]
+LOAD_TIMEOUT_S = 300
+
+
+@dataclass
+class PushResult:
+    """What `push_to_hub` did, or would do on a dry run."""
+
+    repo_id: str
+    files: list[str]
+    bytes: int
+    dry_run: bool
+    revision: str | None = None
+    url: str | None = None
+    checks: list[str] = field(default_factory=list)
+
+
+def files_to_upload(model_dir: str | os.PathLike) -> list[str]:
+    """The paths (relative, sorted) that `upload_folder` sends from `model_dir` with `UPLOAD_IGNORE`.
+
+    The same filter as `HfApi.upload_folder` applies (its default `.git` patterns included), so this list is the
+    upload, file for file.
+    """
+    folder = Path(model_dir).resolve()
+    paths = sorted(path.relative_to(folder).as_posix() for path in folder.glob("**/*") if path.is_file())
+    return list(filter_repo_objects(paths, ignore_patterns=UPLOAD_IGNORE + DEFAULT_IGNORE_PATTERNS))
+
+
+def check_model_folder(model_dir: str | os.PathLike) -> None:
+    """Raise `SLMError` unless `model_dir` is a complete model folder (and not a whole training run)."""
+    folder = Path(model_dir)
+    if not folder.is_dir():
+        raise SLMError(f"{folder} is not a folder; pass a model folder such as runs/NAME/final")
+    if (folder / "checkpoints").is_dir() or (folder / "final").is_dir():
+        raise SLMError(
+            f"{folder} is a training run, not a model folder: push its final/ (or best/) folder, never the "
+            f"checkpoints"
+        )
+    files = set(files_to_upload(folder))
+    missing = [name for name in REQUIRED_FILES if name not in files]
+    if "model.safetensors" not in files and "model.safetensors.index.json" not in files:
+        missing.insert(0, "model.safetensors")
+    if missing:
+        hint = " (write the card with slm_hf.model_card.write_model_card)" if missing == ["README.md"] else ""
+        raise SLMError(f"{folder} is not a complete model folder: missing {', '.join(missing)}{hint}")
+
+
+# Runs in a fresh interpreter, as a Hub user would: transformers only, the model's code from the folder.
+_STANDALONE_LOAD = textwrap.dedent(
+    """
+    import sys
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    folder = sys.argv[1]
+    assert "slm_hf" not in sys.modules
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
+    assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+    ids = tokenizer(tokenizer.eos_token + "Once upon a time", return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=4, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    print(type(model).__name__, out.shape[1] - ids["input_ids"].shape[1])
+    """
+)
+
+
+def check_loads_standalone(model_dir: str | os.PathLike) -> str:
+    """Load `model_dir` in a fresh process with transformers alone (`trust_remote_code=True`) and generate a few
+    tokens; returns the model class name. Raises `SLMError` with the process's last error line if it fails."""
+    folder = Path(model_dir).resolve()
+    with tempfile.TemporaryDirectory() as scratch:
+        env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=scratch, TRANSFORMERS_VERBOSITY="error")
+        try:
+            completed = subprocess.run(
+                [sys.executable, "-c", _STANDALONE_LOAD, str(folder)],
+                cwd=scratch, env=env, capture_output=True, text=True, timeout=LOAD_TIMEOUT_S,
+            )
+        except subprocess.TimeoutExpired:
+            raise SLMError(f"loading {folder} with transformers alone took over {LOAD_TIMEOUT_S} s") from None
+    if completed.returncode != 0:
+        lines = [line for line in completed.stderr.strip().splitlines() if line.strip()]
+        raise SLMError(
+            f"{folder} does not load with transformers alone (trust_remote_code=True): "
+            f"{lines[-1] if lines else 'exit status ' + str(completed.returncode)}"
+        )
+    return completed.stdout.split()[0]
+
+
+def push_to_hub(
+    model_dir: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    token: str | None = None,
+    dry_run: bool = False,
+    update_card: bool = True,
+    commit_message: str | None = None,
+) -> PushResult:
+    """Check `model_dir`, then create the Hub repo `repo_id` (if needed) and upload the folder to it.
+
+    Args:
+        model_dir: the model folder (a training run's `final/` or `best/`).
+        repo_id: `user/name` or `org/name`.
+        private: create the repository as private (an existing repository keeps its visibility).
+        revision: the branch to upload to (created from the main branch if missing); default main.
+        token: a Hugging Face token with write access; default the logged-in one (`hf auth login`, `HF_TOKEN`).
+        dry_run: check everything offline and return the file list, without contacting the Hub.
+        update_card: re-render README.md first, so that its examples load from `repo_id` (the card is written from
+            the folder's files with seeded samples, so only the repo id changes). False uploads the card as it is.
+        commit_message: default "Upload <model name>".
+
+    Raises:
+        SLMError: the folder is incomplete, its card is invalid, it does not load, there is no token, or the Hub
+            cannot be reached (offline, network error, refused).
+    """
+    folder = Path(model_dir)
+    if not repo_id or repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise SLMError(f"repo id {repo_id!r} should look like 'user/model-name'")
+    if update_card and (folder / "config.json").is_file():
+        write_model_card(folder, repo_id=repo_id)
+    check_model_folder(folder)
+    problems = check_model_card(folder / "README.md")
+    if problems:
+        raise SLMError(f"the model card {folder / 'README.md'} is incomplete: " + "; ".join(problems))
+    model_class = check_loads_standalone(folder)
+    files = files_to_upload(folder)
+    result = PushResult(
+        repo_id=repo_id,
+        files=files,
+        bytes=sum((folder / name).stat().st_size for name in files),
+        dry_run=dry_run,
+        revision=revision,
+        checks=[
+            "required files present",
+            "model card metadata complete (license, datasets, pipeline_tag, custom_code, model-index)",
+            f"loads and generates with transformers alone (trust_remote_code=True): {model_class}",
+        ],
+    )
+    if dry_run:
+        return result
+
+    token = token or get_token()
+    if not token:
+        raise SLMError("no Hugging Face token: log in with `hf auth login` or set HF_TOKEN (a token with write access)")
+    api = HfApi(token=token)
+    try:
+        url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        repo_id = url.repo_id
+        if revision:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        commit = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=str(folder),
+            revision=revision,
+            ignore_patterns=list(UPLOAD_IGNORE),
+            commit_message=commit_message or f"Upload {repo_id.split('/')[-1]}",
+        )
+    except OfflineModeIsEnabled:
+        raise SLMError("cannot push: the Hub is switched off here (HF_HUB_OFFLINE=1); unset it to upload") from None
+    except HfHubHTTPError as error:
+        raise SLMError(f"the Hub refused the upload to {repo_id}: {_first_line(error)}") from None
+    except _network_errors() as error:
+        raise SLMError(f"cannot reach the Hugging Face Hub ({type(error).__name__}: {_first_line(error)}); "
+                       f"check the network") from None
+    result.repo_id = repo_id
+    result.url = getattr(commit, "commit_url", None) or f"https://huggingface.co/{repo_id}"
+    return result
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """Connection-level errors of the HTTP client huggingface_hub uses (httpx2 in 2.x, httpx in 1.x)."""
+    errors: list[type[BaseException]] = [OSError]
+    for module in ("httpx2", "httpx"):
+        try:
+            errors.append(importlib.import_module(module).HTTPError)
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
