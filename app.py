@@ -1,0 +1,168 @@
+"""A Gradio demo of a trained SLM story model: type the start of a story, watch the rest stream in.
+
+    python app.py --model runs/cpu-demo/final [--port 7860]
+    MODEL_ID=user/slm-tinystories MODEL_REVISION=<commit> python app.py      # what a Hugging Face Space runs
+
+As a Space: put this file and requirements.txt in a Gradio Space and set the variables MODEL_ID (the model's Hub
+repository) and MODEL_REVISION (a commit of it). The file needs only torch, transformers and gradio: without slm_hf
+installed, the model's own code (configuration_slm.py, modeling_slm.py, uploaded with the weights) is loaded with
+trust_remote_code=True, from the pinned revision so the code that runs is the code that was reviewed. With slm_hf
+installed (locally), `import slm_hf` provides the classes and no remote code runs.
+
+Requests are queued: one story is generated at a time, the others wait their turn with their queue position shown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from threading import Thread
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry calls from a demo
+
+import gradio as gr  # noqa: E402
+import torch  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer, TextIteratorStreamer  # noqa: E402
+
+try:  # registers the SLM classes with transformers' Auto classes: then no remote code is needed
+    import slm_hf  # noqa: F401
+
+    HAVE_SLM_HF = True
+except ImportError:
+    HAVE_SLM_HF = False
+
+EXAMPLES = [
+    "Once upon a time, there was a little cat named Tom.",
+    "Lily and her mom went to the park. It was a sunny day.",
+    "The big red ball rolled down the hill.",
+    "Ben had a new toy car.",
+]
+MAX_PROMPT_CHARS = 2000
+QUEUE_SIZE = 64
+# Sampling controls: (minimum, maximum, default).
+LENGTH = (16, 512, 200)
+TEMPERATURE = (0.1, 1.5, 0.8)
+TOP_K = (0, 200, 50)
+
+
+class StoryTeller:
+    """A model and its tokenizer, and the streaming story function the page calls."""
+
+    def __init__(self, model, tokenizer):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.context = model.config.max_position_embeddings
+
+    @classmethod
+    def load(cls, name_or_path: str, revision: str | None = None) -> StoryTeller:
+        trust_remote_code = not HAVE_SLM_HF  # the model's own code, from the (pinned) revision
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, revision=revision,
+                                                     trust_remote_code=trust_remote_code)
+        return cls(model, tokenizer)
+
+    def check_prompt(self, prompt: str) -> tuple[list[int] | None, str | None]:
+        """The prompt's token ids (after the start token), or a polite message saying why it cannot be used."""
+        if len(prompt) > MAX_PROMPT_CHARS:
+            return None, (f"That prompt is {len(prompt):,} characters long. This little model only reads "
+                          f"{self.context} tokens (a few short paragraphs): please shorten it.")
+        ids = [self.tokenizer.eos_token_id] + self.tokenizer.encode(prompt, add_special_tokens=False)
+        if len(ids) >= self.context:
+            return None, (f"That prompt is {len(ids) - 1} tokens long, but this model reads at most "
+                          f"{self.context - 1} tokens and needs room to write: please shorten it.")
+        return ids, None
+
+    def tell(self, prompt: str, max_new_tokens: int, temperature: float, top_k: int):
+        """Yield the story so far (prompt + generated text) as tokens arrive."""
+        ids, problem = self.check_prompt(prompt)
+        if problem:
+            yield problem
+            return
+        input_ids = torch.tensor([ids], device=self.model.device)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=120)
+        kwargs = dict(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            streamer=streamer,
+            max_new_tokens=max(1, min(int(max_new_tokens), self.context - len(ids))),
+            do_sample=True,
+            temperature=float(temperature),
+            top_k=int(top_k),
+            top_p=1.0,
+            eos_token_id=self.tokenizer.eos_token_id,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        worker = Thread(target=self._generate, kwargs=kwargs, daemon=True)
+        worker.start()
+        story = prompt
+        for piece in streamer:
+            story += piece
+            yield story
+        worker.join()
+
+    @torch.inference_mode()
+    def _generate(self, **kwargs):
+        try:
+            self.model.generate(**kwargs)
+        except Exception:  # unblock the page's loop, which waits on the streamer, then report
+            kwargs["streamer"].end()
+            raise
+
+
+def build_demo(teller: StoryTeller, title: str = "Tiny story teller") -> gr.Blocks:
+    """The page: a prompt box, length / temperature / top-k sliders, a button, the streaming story, examples."""
+    with gr.Blocks(title=title) as demo:
+        gr.Markdown(
+            f"# {title}\n"
+            "A small language model trained from scratch on "
+            "[TinyStories](https://huggingface.co/datasets/roneneldan/TinyStories). Give it the start of a "
+            "children's story and it writes the rest. It knows nothing but simple stories."
+        )
+        with gr.Row():
+            with gr.Column(scale=2):
+                prompt = gr.Textbox(label="Start of the story", placeholder="Once upon a time", lines=3,
+                                    elem_id="prompt")
+                button = gr.Button("Tell me a story", variant="primary", elem_id="tell")
+                with gr.Accordion("Settings", open=True):
+                    length = gr.Slider(*LENGTH[:2], value=LENGTH[2], step=8, label="Length (new tokens)")
+                    temperature = gr.Slider(*TEMPERATURE[:2], value=TEMPERATURE[2], step=0.05,
+                                            label="Temperature (higher = wilder)")
+                    top_k = gr.Slider(*TOP_K[:2], value=TOP_K[2], step=1, label="Top-k (0 = no limit)")
+            with gr.Column(scale=3):
+                story = gr.Textbox(label="Story", lines=14, interactive=False, elem_id="story")
+        gr.Examples(EXAMPLES, inputs=prompt, label="Try one of these")
+        inputs = [prompt, length, temperature, top_k]
+        button.click(teller.tell, inputs=inputs, outputs=story, concurrency_limit=1)
+        prompt.submit(teller.tell, inputs=inputs, outputs=story, concurrency_limit=1)
+    return demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="Gradio demo of a trained SLM story model")
+    parser.add_argument("--model", default=os.environ.get("MODEL_ID"),
+                        help="a model folder (e.g. runs/cpu-demo/final) or a Hub id (default: $MODEL_ID)")
+    parser.add_argument("--revision", default=os.environ.get("MODEL_REVISION"),
+                        help="Hub revision to load, ideally a commit hash (default: $MODEL_REVISION)")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                        help="address to listen on (0.0.0.0 to serve other machines)")
+    args = parser.parse_args(argv)
+    if not args.model:
+        parser.error("no model: pass --model DIR_OR_HUB_ID or set MODEL_ID")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        teller = StoryTeller.load(args.model, revision=args.revision)
+    except (OSError, ValueError) as error:
+        print(f"error: cannot load the model {args.model!r}: {str(error).strip().splitlines()[0]}", file=sys.stderr)
+        sys.exit(2)
+    theme = gr.themes.Soft(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
+    build_demo(teller).launch(server_name=args.host, server_port=args.port, theme=theme, show_error=True)
+
+
+if __name__ == "__main__":
+    main()
