@@ -123,10 +123,14 @@ class TokenWindows:
 def resolve_precision(requested: str, device: torch.device, model_config: SLMConfig, tokens: int) -> str:
     """Turn `--mixed-precision` into Accelerate's setting: `no`, `fp16` or `bf16`.
 
-    `auto` picks fp16 (with loss scaling) on CUDA, bf16 on a CPU whose bf16 matrix products measure faster than
-    fp32 (native bf16 units: AMX, AVX512-BF16), else fp32. fp16 on a CPU is refused: Accelerate would silently
-    train in fp32.
+    `auto` takes `accelerate launch --mixed_precision fp16|bf16` (or `accelerate config`'s) if given; otherwise it
+    picks fp16 (with loss scaling) on CUDA, bf16 on a CPU whose bf16 matrix products measure faster than fp32
+    (native bf16 units: AMX, AVX512-BF16), else fp32. fp16 on a CPU is refused: Accelerate would silently train in
+    fp32.
     """
+    launched_with = os.environ.get("ACCELERATE_MIXED_PRECISION", "").lower()
+    if requested == "auto" and launched_with in ("fp16", "bf16"):
+        requested = launched_with
     if requested == "fp16" and device.type != "cuda":
         raise SLMError(
             f"fp16 mixed precision needs a CUDA GPU; on {device.type} Accelerate silently trains in fp32 instead. "
@@ -485,15 +489,20 @@ def train(
     # (Accelerator reads ACCELERATE_USE_CPU itself, PartialState does not: without it, torchrun on a machine
     # without GPUs would start independent single processes.)
     distributed = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
-    checkpoint = _plan_output(out_dir, resume, overwrite, config, data_summary, distributed)
     precision = [None]
     if distributed.is_main_process:
-        tokens = config.batch_size * config.block_size
-        precision = [resolve_precision(config.mixed_precision, distributed.device, model_config, tokens)]
-    broadcast_object_list(precision)  # every process must use the same precision
+        try:
+            tokens = config.batch_size * config.block_size
+            precision = [resolve_precision(config.mixed_precision, distributed.device, model_config, tokens)]
+        except SLMError as error:
+            precision = [error]
+    broadcast_object_list(precision)  # every process must use the same precision (or fail alike)
+    if isinstance(precision[0], SLMError):
+        raise precision[0]
     precision = precision[0]
     config = replace(config, mixed_precision=precision)
     _check_tracker(config.report_to)
+    checkpoint = _plan_output(out_dir, resume, overwrite, config, data_summary, distributed)
 
     accelerator = Accelerator(
         mixed_precision=precision,

@@ -1,0 +1,282 @@
+"""Training: the loop end to end on the tiny preset, through scripts/train.py as a subprocess.
+
+One uninterrupted reference run (module fixture) is compared with runs killed by SIGKILL, stopped by SIGTERM,
+killed inside a checkpoint save, and run on 2 processes: the per-step losses must match (bit for bit in fp32 on a
+CPU, within rounding for 2 processes).
+"""
+
+import importlib.util
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from slm_hf.data import prepare_data
+from slm_hf.training import SAVE_PAUSE_ENV, Schedule, checkpoint_problem, latest_checkpoint, list_checkpoints
+from slm_hf.training_config import TrainingConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+TRAIN = ROOT / "scripts" / "train.py"
+TINY = ROOT / "configs" / "tiny.yaml"
+# One thread: the tiny model gains nothing from two, and on a busy machine threads waiting on each other make
+# it many times slower. HF_HUB_OFFLINE: nothing may come from the network.
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+ENV.pop(SAVE_PAUSE_ENV, None)
+# 200 updates of 2 micro-batches of 8 x 64 tokens: a few seconds, long enough to interrupt.
+RUN = ["max_steps=200", "gradient_accumulation_steps=2", "save_interval=20", "eval_interval=50", "log_interval=5"]
+
+
+def train_command(data, out, *extra, config=TINY):
+    return [sys.executable, str(TRAIN), "--config", str(config), "--data", str(data), "--out", str(out), *extra]
+
+
+def run_train(data, out, *extra, env=ENV, check=True):
+    result = subprocess.run(train_command(data, out, *extra), env=env, capture_output=True, text=True, timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(f"train.py failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return result
+
+
+def step_losses(out):
+    """{step: train/loss} and {step: val/loss} from a run's metrics.jsonl (each step must appear once)."""
+    records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+    train = [(r["step"], r["train/loss"]) for r in records if "train/loss" in r]
+    val = [(r["step"], r["val/loss"]) for r in records if "val/loss" in r]
+    assert len({step for step, _ in train}) == len(train), "a step was logged twice"
+    return dict(train), dict(val)
+
+
+def wait_for(condition, process, timeout=120):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None:
+            raise AssertionError(f"train.py ended (status {process.returncode}) before the test could interrupt it")
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError("timed out waiting for the training run")
+        time.sleep(0.01)
+
+
+def logged_steps(out):
+    path = Path(out) / "metrics.jsonl"
+    if not path.is_file():
+        return 0
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+    return max((r["step"] for r in lines), default=0)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "tiny"
+    prepare_data("sample", out_dir=out, vocab_size=512, max_stories=400, show_progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(data_dir, tmp_path_factory):
+    """An uninterrupted run: 1 process, 2 micro-batches per update."""
+    out = tmp_path_factory.mktemp("runs") / "reference"
+    run_train(data_dir, out, *RUN)
+    return out
+
+
+# --------------------------------------------------------------------------------------------- the recipe
+def test_schedule_expresses_the_reference_warmup_and_cosine():
+    """The seed preset's schedule, per update, equals the reference's per-micro-step LinearLR + CosineAnnealingLR
+    sampled every 32 micro-steps, including its quirk of a minimum above the peak (the rate rises)."""
+    seed = TrainingConfig.load(ROOT / "configs" / "seed.yaml")
+    schedule = Schedule(seed.learning_rate, seed.min_lr, seed.warmup_steps, seed.max_steps, seed.warmup_start_factor)
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([parameter], lr=1e-4)
+    reference = torch.optim.lr_scheduler.SequentialLR(
+        optimizer,
+        [
+            torch.optim.lr_scheduler.LinearLR(optimizer, total_iters=1000),  # start_factor 1/3
+            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=19000, eta_min=5e-4),
+        ],
+        milestones=[1000],
+    )
+    micro_steps_per_update = seed.gradient_accumulation_steps
+    for micro_step in range(20000 + 1):
+        if micro_step % micro_steps_per_update == 0:
+            update = micro_step // micro_steps_per_update
+            assert math.isclose(schedule.lr(update), optimizer.param_groups[0]["lr"], rel_tol=1e-4), update
+        optimizer.step()
+        reference.step()
+    assert schedule.lr(seed.max_steps) == pytest.approx(5e-4) and schedule.lr(seed.warmup_steps) == pytest.approx(1e-4)
+
+
+def test_config_overrides_and_unknown_keys():
+    config = TrainingConfig.load(TINY, ["learning_rate=1e-3", "model.dropout=0.1", "betas=[0.9, 0.99]"])
+    assert config.learning_rate == 1e-3 and config.model == {"preset": "tiny", "dropout": 0.1}
+    assert config.betas == (0.9, 0.99)
+    for override, message in [
+        ("lerning_rate=1e-3", "did you mean 'learning_rate'"),
+        ("model.hiden_size=64", "did you mean 'model.hidden_size'"),
+        ("hidden_size=64", "did you mean 'model.hidden_size'"),
+        ("batch_size=1.5", "batch_size must be int"),
+        ("mixed_precision=fp32", "mixed_precision must be one of"),
+    ]:
+        with pytest.raises(Exception, match=message):
+            TrainingConfig.load(TINY, [override])
+
+
+# ------------------------------------------------------------------------------------------- the outputs
+def test_final_folder_is_hub_ready_loads_and_generates(reference):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+
+    train, val = step_losses(reference)
+    assert sorted(train) == list(range(1, 201)) and sorted(val) == [50, 100, 150, 200]
+    assert val[200] < val[50] < math.log(512)  # it learns
+    for name in ("final", "best"):
+        folder = reference / name
+        for file in ("model.safetensors", "config.json", "generation_config.json", "configuration_slm.py",
+                     "modeling_slm.py", "tokenizer.json", "training_results.json", "train_config.yaml", "README.md"):  # fmt: skip
+            assert (folder / file).is_file(), f"{name}/{file}"
+    assert (reference / "final" / "loss_curve.png").is_file() and (reference / "loss_curve.png").is_file()
+    results = json.loads((reference / "final" / "training_results.json").read_text())
+    assert results["step"] == 200 and results["tokens"] == 200 * 2 * 8 * 64 and results["num_processes"] == 1
+    assert results["val/loss"] == pytest.approx(val[200])
+    assert results["val/bits_per_byte"] == pytest.approx(val[200] / math.log(2) / results["data"]["val_bytes_per_token"])
+    assert [entry["step"] for entry in results["history"]] == [50, 100, 150, 200]
+    assert results["config"]["gradient_accumulation_steps"] == 2 and results["precision"] == "fp32"
+
+    model = AutoModelForCausalLM.from_pretrained(reference / "final")
+    tokenizer = AutoTokenizer.from_pretrained(reference / "final")
+    assert model.generation_config.do_sample and model.generation_config.eos_token_id == tokenizer.eos_token_id
+    generator = pipeline("text-generation", model=model, tokenizer=tokenizer)
+    story = generator("Once upon a time", max_new_tokens=10, do_sample=False)[0]["generated_text"]
+    assert story.startswith("Once upon a time") and len(story) > len("Once upon a time")
+
+
+# ----------------------------------------------------------------------------------- interrupt and resume
+def test_sigkill_mid_run_then_resume_repeats_the_losses_exactly(data_dir, reference, tmp_path):
+    out = tmp_path / "killed"
+    process = subprocess.Popen(train_command(data_dir, out, *RUN), env=ENV, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    wait_for(lambda: logged_steps(out) >= 65, process)  # past the checkpoint at 60, before the one at 80
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert list_checkpoints(out)[-1].name in ("step_0000060", "step_0000080")
+
+    resumed = run_train(data_dir, out, *RUN, "--resume", "auto")
+    assert "resumed from" in resumed.stderr + resumed.stdout
+    assert step_losses(out) == step_losses(reference)  # every step, bit for bit
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_then_resumes_exactly(data_dir, reference, tmp_path):
+    out = tmp_path / "stopped"
+    process = subprocess.Popen(train_command(data_dir, out, *RUN), env=ENV, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+    wait_for(lambda: logged_steps(out) >= 30, process)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    stopped_at = logged_steps(out)
+    assert 30 <= stopped_at < 200 and latest_checkpoint(out).name == f"step_{stopped_at:07d}"
+    assert not (out / "final").exists()
+
+    run_train(data_dir, out, *RUN, "--resume", "auto")
+    assert step_losses(out) == step_losses(reference)
+
+
+def test_kill_during_checkpoint_save_leaves_nothing_to_resume_from(data_dir, reference, tmp_path):
+    out = tmp_path / "killed-saving"
+    env = {**ENV, SAVE_PAUSE_ENV: "60"}  # the first save stops after writing, before its folder is renamed
+    process = subprocess.Popen(train_command(data_dir, out, *RUN), env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    partial = out / "checkpoints" / ".tmp-step_0000020"
+    wait_for(lambda: (partial / "training_state.json").is_file(), process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert partial.is_dir() and list_checkpoints(out) == [] and latest_checkpoint(out) is None
+
+    run_train(data_dir, out, *RUN, "--resume", "auto")  # starts afresh
+    assert step_losses(out) == step_losses(reference)
+
+
+def test_resume_auto_skips_a_damaged_checkpoint(reference, tmp_path):
+    out = tmp_path / "damaged"
+    good = list_checkpoints(reference)[-1]
+    shutil.copytree(good, out / "checkpoints" / good.name)
+    damaged = out / "checkpoints" / "step_0000999"
+    shutil.copytree(good, damaged)
+    with open(damaged / "model.safetensors", "r+b") as file:
+        file.truncate(100)
+    messages = []
+    assert checkpoint_problem(damaged) is not None
+    assert latest_checkpoint(out, log=messages.append) == out / "checkpoints" / good.name
+    assert "step_0000999" in messages[0] and "model.safetensors" in messages[0]
+
+
+# ----------------------------------------------------------------------------------------------- processes
+def test_two_processes_match_one_process_with_twice_the_accumulation(data_dir, reference, tmp_path):
+    out = tmp_path / "ddp"
+    run = [arg for arg in RUN if not arg.startswith("gradient_accumulation_steps")] + ["gradient_accumulation_steps=1"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *train_command(data_dir, out, *run)[1:]]  # fmt: skip
+    result = subprocess.run(command, env={**ENV, "ACCELERATE_USE_CPU": "true"}, capture_output=True, text=True,
+                            timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((out / "final" / "training_results.json").read_text())
+    assert results["num_processes"] == 2 and results["tokens"] == 200 * 2 * 8 * 64
+    assert {p.name for p in list_checkpoints(out)[-1].iterdir()} >= {"random_states_0.pkl", "random_states_1.pkl"}
+    (train, val), (train_ref, val_ref) = step_losses(out), step_losses(reference)
+    assert train.keys() == train_ref.keys() and val.keys() == val_ref.keys()
+    for step in train:
+        assert train[step] == pytest.approx(train_ref[step], abs=1e-4), step
+    for step in val:
+        assert val[step] == pytest.approx(val_ref[step], abs=1e-4), step
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+def load_train_script():
+    spec = importlib.util.spec_from_file_location("train_script", TRAIN)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bad_input_is_one_line_and_status_2(tmp_path):
+    """As a subprocess: what a user sees."""
+    not_data = tmp_path / "not-data"
+    not_data.mkdir()
+    result = run_train(not_data, tmp_path / "out", check=False)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith("error: ") and "meta.json" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_inputs_fail_with_one_line_and_touch_nothing(data_dir, reference, tmp_path, capsys):
+    """The same entry point in this process (a subprocess each would take most of this file's time)."""
+    script = load_train_script()
+
+    def bad_input(data, out, *extra):
+        with pytest.raises(SystemExit) as exit:
+            script.main(train_command(data, out, *extra)[2:])
+        stderr = capsys.readouterr().err.strip()
+        assert exit.value.code == 2 and len(stderr.splitlines()) == 1 and stderr.startswith("error: "), stderr
+        return stderr
+
+    assert "vocab_size" in bad_input(data_dir, tmp_path / "a", "model.vocab_size=1000")
+    assert "max_position_embeddings" in bad_input(data_dir, tmp_path / "b", "block_size=256")
+    assert "did you mean 'learning_rate'" in bad_input(data_dir, tmp_path / "c", "lerning_rate=1e-3")
+    assert "CUDA" in bad_input(data_dir, tmp_path / "d", "--mixed-precision", "fp16")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert "cannot write" in bad_input(data_dir, blocker / "out")
+    assert not any((tmp_path / name).exists() for name in "abcd")
+
+    before = {path: path.stat().st_mtime_ns for path in reference.rglob("*")}
+    message = bad_input(data_dir, reference, *RUN)  # an existing run, neither --resume nor --overwrite
+    assert "--resume auto" in message and "--overwrite" in message
+    message = bad_input(data_dir, reference, *RUN, "learning_rate=1e-2", "--resume", "auto")  # a different run
+    assert "learning_rate" in message
+    assert {path: path.stat().st_mtime_ns for path in reference.rglob("*")} == before
