@@ -24,6 +24,7 @@ import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import huggingface_hub.constants
 from huggingface_hub import HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 from huggingface_hub.utils import filter_repo_objects
@@ -96,7 +97,8 @@ def check_model_folder(model_dir: str | os.PathLike) -> None:
     folder = Path(model_dir)
     if not folder.is_dir():
         raise SLMError(f"{folder} is not a folder; pass a model folder such as runs/NAME/final")
-    if (folder / "checkpoints").is_dir() or (folder / "final").is_dir():
+    run_outputs = (folder / "final").is_dir() or (folder / "best").is_dir() or (folder / "checkpoints").is_dir()
+    if run_outputs and not (folder / "config.json").is_file():
         raise SLMError(
             f"{folder} is a training run, not a model folder: push its final/ (or best/) folder, never the "
             f"checkpoints"
@@ -188,6 +190,13 @@ def push_to_hub(
     problems = check_model_card(folder / "README.md")
     if problems:
         raise SLMError(f"the model card {folder / 'README.md'} is incomplete: " + "; ".join(problems))
+    if not dry_run:  # fail fast, before the slow checks, when the upload cannot happen
+        token = token or get_token()
+        if not token:
+            raise SLMError("no Hugging Face token: log in with `hf auth login` or set HF_TOKEN (a token with write "
+                           "access)")
+        if huggingface_hub.constants.HF_HUB_OFFLINE:
+            raise SLMError("cannot push: the Hub is switched off here (HF_HUB_OFFLINE=1); unset it to upload")
     model_class = check_loads_standalone(folder)
     files = files_to_upload(folder)
     result = PushResult(
@@ -205,9 +214,6 @@ def push_to_hub(
     if dry_run:
         return result
 
-    token = token or get_token()
-    if not token:
-        raise SLMError("no Hugging Face token: log in with `hf auth login` or set HF_TOKEN (a token with write access)")
     api = HfApi(token=token)
     try:
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")

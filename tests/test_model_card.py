@@ -1,0 +1,81 @@
+"""The model card: rendered from the folder's own files, with valid Hub metadata and the measured numbers."""
+
+import json
+import shutil
+
+import pytest
+import yaml
+from huggingface_hub import ModelCard
+
+from share_fixtures import REPO, trained_run
+from slm_hf.model_card import check_model_card, render_model_card, template_path, write_model_card
+
+
+@pytest.fixture(scope="module")
+def final(tmp_path_factory):
+    return trained_run(tmp_path_factory) / "final"
+
+
+@pytest.fixture(scope="module")
+def card_text(final):
+    return (final / "README.md").read_text(encoding="utf-8")
+
+
+def _metadata(text):
+    return yaml.safe_load(text.split("---\n")[1])
+
+
+def test_training_writes_a_card_with_valid_metadata(final, card_text):
+    assert check_model_card(final / "README.md") == []
+    metadata = _metadata(card_text)
+    assert metadata["license"] == "apache-2.0" and metadata["language"] == "en"
+    assert metadata["datasets"] == ["roneneldan/TinyStories"]
+    assert metadata["pipeline_tag"] == "text-generation" and metadata["library_name"] == "transformers"
+    assert "custom_code" in metadata["tags"]
+
+
+def test_card_numbers_come_from_the_folders_files(final, card_text):
+    results = json.loads((final / "training_results.json").read_text())
+    config = json.loads((final / "config.json").read_text())
+    card = ModelCard.load(final / "README.md")
+    reported = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert reported == {
+        "loss": round(results["val/loss"], 4),
+        "perplexity": round(results["val/perplexity"], 4),
+        "bits_per_byte": round(results["val/bits_per_byte"], 4),
+    }
+    body = card.text
+    assert f"| {results['val/loss']:.4f} | {results['val/perplexity']:.2f} | {results['val/bits_per_byte']:.4f} |" in body
+    assert f"| Layers | {config['num_hidden_layers']} |" in body
+    assert f"| Hidden size | {config['hidden_size']} |" in body
+    assert f"| Context | {config['max_position_embeddings']} tokens |" in body
+    assert f"| Parameters | {results['parameters']:,}" in body
+    assert f"| Tokens seen | {results['tokens']:,} |" in body
+    assert "CDLA-Sharing-1.0" in body and "trust_remote_code=True" in body and "pipeline(" in body
+    if (final / "loss_curve.png").is_file():
+        assert "](loss_curve.png)" in body
+
+
+def test_card_shows_seeded_samples_with_their_prompts(final, card_text):
+    assert card_text.count("> **") == 3  # three sample stories, each with its prompt in bold
+    assert "seed\n0" in card_text or "seed 0" in card_text
+    again = render_model_card(final)
+    assert str(again) == card_text  # deterministic: re-rendering changes nothing
+
+
+def test_card_without_training_results_says_less_and_fails_the_check(tmp_path, final):
+    bare = tmp_path / "bare"
+    shutil.copytree(final, bare)
+    (bare / "training_results.json").unlink()
+    path = write_model_card(bare, repo_id="someone/bare-model", num_samples=1)
+    text = path.read_text()
+    assert "someone/bare-model" in text and "## Training" not in text
+    assert any("model-index" in problem for problem in check_model_card(path))
+
+
+def test_the_package_template_is_the_top_level_template():
+    assert template_path().read_text() == (REPO / "model_card.md").read_text()
+
+
+def test_check_reports_a_missing_card(tmp_path):
+    assert check_model_card(tmp_path / "README.md")[0].startswith("no model card")
