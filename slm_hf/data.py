@@ -234,7 +234,8 @@ def prepare_data(
         if reusable is not None:
             return reusable
 
-    corpus = _load_corpus(resolved, options)
+    with _datasets_progress(show_progress):
+        corpus = _load_corpus(resolved, options)
     if resolved.kind == "hub":
         fingerprint_inputs["source"]["content"] = _dataset_fingerprints(corpus)
         reusable = _reuse(out_dir, existing, _sha256_json(fingerprint_inputs), overwrite)
@@ -449,7 +450,8 @@ def _corpus_from_splits(splits: dict[str, Any], description: str, options: DataO
         return _Corpus(train, val, description, validation=f"the source's validation split ({val_name!r})")
     n_val = max(1, round(len(train) * options.val_fraction))
     if len(train) - n_val < 1:
-        raise SLMError(f"{description} has only {len(train)} stories: too few to hold out a validation split")
+        raise SLMError(f"{description} has only {len(train)} stor{'y' if len(train) == 1 else 'ies'}: too few to "
+                       f"hold out a validation split (it needs at least 2)")
     held_out = np.sort(np.random.default_rng(options.seed).choice(len(train), size=n_val, replace=False))
     keep = np.ones(len(train), dtype=bool)
     keep[held_out] = False
@@ -466,18 +468,20 @@ def _stories_dataset(stories: list[str]):
 def _read_text_files(paths: Sequence[Path], limit: int | None) -> list[str]:
     stories: list[str] = []
     for path in paths:
-        stories.extend(_read_text_file(path, None if limit is None else limit - len(stories)))
+        stories.extend(read_stories(path, None if limit is None else limit - len(stories)))
         if limit is not None and len(stories) >= limit:
             break
     return stories
 
 
-def _read_text_file(path: Path, limit: int | None = None) -> list[str]:
-    """The stories of a TinyStories-format text file: each story followed by a line holding exactly <|endoftext|>.
+def read_stories(path: str | os.PathLike, limit: int | None = None) -> list[str]:
+    """The stories of a TinyStories-format text file (.txt or .txt.gz): each story followed by a line holding
+    exactly <|endoftext|>. Stories are stripped of surrounding whitespace; empty ones are skipped.
 
     The file is read in chunks; `SLMError` names the file and the byte offset of a NUL byte (a binary file) or of
     the first byte that is not UTF-8 (offsets count decompressed bytes for .gz files).
     """
+    path = Path(path)
     stories: list[str] = []
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
@@ -502,19 +506,27 @@ def _read_text_file(path: Path, limit: int | None = None) -> list[str]:
 
 
 def _add_story(stories: list[str], path: Path, raw: bytes, offset: int) -> None:
-    nul = raw.find(b"\0")
-    if nul >= 0:
-        raise SLMError(f"{path} looks binary, not UTF-8 text (NUL byte at byte offset {offset + nul})")
     if offset == 0 and raw.startswith(codecs.BOM_UTF8):
         raw, offset = raw[len(codecs.BOM_UTF8):], len(codecs.BOM_UTF8)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise SLMError(f"{path} is not UTF-8 text: byte 0x{raw[error.start]:02x} at byte offset "
-                       f"{offset + error.start} is invalid") from error
-    text = text.strip()
+    text = _decode_utf8(raw, path, offset).strip()
     if text:
         stories.append(text)
+
+
+def _decode_utf8(raw: bytes, path: Path, offset: int, final: bool = True, decoder=None) -> str:
+    """Decode `raw` (found at byte `offset` of `path`); `SLMError` at the first invalid byte or NUL byte, whichever
+    comes first. With an incremental `decoder`, `raw` may end inside a character (unless `final`)."""
+    nul = raw.find(b"\0")
+    valid = raw if nul < 0 else raw[:nul]
+    try:
+        text = decoder.decode(valid, final=final and nul < 0) if decoder else valid.decode("utf-8")
+    except UnicodeDecodeError as error:
+        start = error.start - (len(error.object) - len(valid))  # an incremental decoder prepends held-back bytes
+        raise SLMError(f"{path} is not UTF-8 text: byte 0x{error.object[error.start]:02x} at byte offset "
+                       f"{offset + start} is invalid") from error
+    if nul >= 0:
+        raise SLMError(f"{path} looks binary, not UTF-8 text (NUL byte at byte offset {offset + nul})")
+    return text
 
 
 def _check_utf8_file(path: Path) -> None:
@@ -522,20 +534,10 @@ def _check_utf8_file(path: Path) -> None:
     decoder = codecs.getincrementaldecoder("utf-8")("strict")
     offset = 0
     with open(path, "rb") as file:
-        while True:
-            chunk = file.read(_READ_CHUNK)
-            nul = chunk.find(b"\0")
-            if nul >= 0:
-                raise SLMError(f"{path} looks binary, not UTF-8 text (NUL byte at byte offset {offset + nul})")
-            pending = len(decoder.getstate()[0])
-            try:
-                decoder.decode(chunk, final=not chunk)
-            except UnicodeDecodeError as error:
-                raise SLMError(f"{path} is not UTF-8 text: byte 0x{error.object[error.start]:02x} at byte offset "
-                               f"{offset - pending + error.start} is invalid") from error
-            if not chunk:
-                return
+        while chunk := file.read(_READ_CHUNK):
+            _decode_utf8(chunk, path, offset, final=False, decoder=decoder)
             offset += len(chunk)
+    _decode_utf8(b"", path, offset, final=True, decoder=decoder)
 
 
 def _load_with_datasets(source: _Source, options: DataOptions) -> dict[str, Any]:
@@ -654,6 +656,9 @@ def _train_on_corpus(corpus: _Corpus, options: DataOptions, show_progress: bool)
 
     tokenizer = train_tokenizer(batches(), options.vocab_size, min_frequency=options.min_frequency,
                                 length=-(-len(train) // _BATCH_STORIES), show_progress=show_progress)
+    if len(tokenizer) < options.vocab_size:
+        logger.warning("the tokenizer has %d tokens, fewer than the %d asked for: in this little text no more pairs "
+                       "occur at least %d times", len(tokenizer), options.vocab_size, options.min_frequency)
     return tokenizer
 
 
@@ -676,11 +681,20 @@ def _encode(tokenizer: Tokenizer, batch: list, eos_id: int, dtype) -> tuple[np.n
     return ids, len(texts), sum(len(text.encode("utf-8")) for text in texts)
 
 
+def _plain_tokenizer(tokenizer_json: str) -> Tokenizer:
+    """The Rust tokenizer without padding or truncation, which a saved tokenizer.json may carry (transformers
+    leaves its last padding settings there, and some Hub tokenizers truncate): every story must be whole and unpadded."""
+    tokenizer = Tokenizer.from_str(tokenizer_json)
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    return tokenizer
+
+
 _worker_state: dict[str, Any] = {}
 
 
 def _init_worker(tokenizer_json: str, eos_id: int, dtype) -> None:
-    _worker_state.update(tokenizer=Tokenizer.from_str(tokenizer_json), eos_id=eos_id, dtype=dtype)
+    _worker_state.update(tokenizer=_plain_tokenizer(tokenizer_json), eos_id=eos_id, dtype=dtype)
 
 
 def _encode_in_worker(batch: list) -> tuple[np.ndarray, int, int]:
@@ -691,12 +705,12 @@ def _encoded_batches(stories, tokenizer_json: str, eos_id: int, dtype, num_proc:
     """Yield `_encode` results batch by batch, in order: with the tokenizer's Rust threads in this process (default),
     single-threaded (num_proc=1), or in `num_proc` worker processes."""
     if num_proc is None:
-        tokenizer = Tokenizer.from_str(tokenizer_json)
+        tokenizer = _plain_tokenizer(tokenizer_json)
         for batch in _iter_batches(stories):
             yield _encode(tokenizer, batch, eos_id, dtype)
         return
     if num_proc == 1:
-        tokenizer = Tokenizer.from_str(tokenizer_json)
+        tokenizer = _plain_tokenizer(tokenizer_json)
         with _tokenizers_parallelism(False):
             for batch in _iter_batches(stories):
                 yield _encode(tokenizer, batch, eos_id, dtype)
@@ -706,6 +720,21 @@ def _encoded_batches(stories, tokenizer_json: str, eos_id: int, dtype, num_proc:
     # Workers are single-threaded; saying so up front also keeps tokenizers from warning about the fork.
     with _tokenizers_parallelism(False), context.Pool(num_proc, _init_worker, (tokenizer_json, eos_id, dtype)) as pool:
         yield from pool.imap(_encode_in_worker, _iter_batches(stories), chunksize=1)
+
+
+@contextmanager
+def _datasets_progress(enabled: bool):
+    """Show or hide the `datasets` library's progress bars for the duration of the block."""
+    from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    hide = not enabled and not are_progress_bars_disabled()
+    if hide:
+        disable_progress_bars()
+    try:
+        yield
+    finally:
+        if hide:
+            enable_progress_bars()
 
 
 @contextmanager
