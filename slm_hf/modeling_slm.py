@@ -45,35 +45,56 @@ def build_norm(config: SLMConfig) -> nn.Module:
 
 # ----------------------------------------------------------------------------------------------- positions
 class SLMRotaryEmbedding(nn.Module):
-    """Rotary position embedding: the cos/sin of each position's rotation angles, for `apply_rotary`."""
+    """Rotary position embedding: a table of every position's rotation (cos and sin), looked up by position id.
+
+    The table covers `max_position_embeddings` positions and grows when a longer sequence comes (rotary positions
+    have no hard limit). It is computed in fp32, once, instead of at every forward: on a CPU the decoding step is
+    short enough that recomputing the angles would be a visible share of it.
+    """
 
     def __init__(self, config: SLMConfig):
         super().__init__()
         self.head_dim = config.head_dim
         self.theta = config.rope_theta
-        self.register_buffer("inv_freq", self.compute_inv_freq(), persistent=False)
+        self.register_buffer("cos_sin", self.compute_table(config.max_position_embeddings), persistent=False)
 
-    def compute_inv_freq(self) -> torch.Tensor:
-        exponents = torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim
-        return 1.0 / (self.theta**exponents)
+    def compute_table(self, length: int, device: torch.device | None = None) -> torch.Tensor:
+        """(length, 2 * head_dim): each position's cos, then its sin with `rotate_half`'s signs (see `apply_rotary`)."""
+        exponents = torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=device) / self.head_dim
+        inv_freq = 1.0 / (self.theta**exponents)
+        angles = torch.outer(torch.arange(length, dtype=torch.float32, device=device), inv_freq)
+        cos, sin = angles.cos(), angles.sin()
+        return torch.cat((cos, cos, -sin, sin), dim=-1)
 
     @torch.no_grad()
-    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        # (batch, seq, head_dim / 2): angle of every frequency at every position, in fp32 for accuracy.
-        angles = position_ids[..., None].float() * self.inv_freq
-        angles = torch.cat((angles, angles), dim=-1)
-        return angles.cos().to(dtype), angles.sin().to(dtype)
+    def forward(self, position_ids: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin of shape (batch, seq, 1, head_dim) for `position_ids`, usually < `length` (keys attended to)."""
+        if length > self.cos_sin.shape[0]:
+            self.grow(length)
+        if position_ids.device.type == "cpu" and not torch.compiler.is_compiling():
+            try:
+                table = F.embedding(position_ids, self.cos_sin)
+            except IndexError:  # explicit position ids beyond the sequence: rare, and checking them costs a sync
+                self.grow(int(position_ids.max()) + 1)
+                table = F.embedding(position_ids, self.cos_sin)
+        else:
+            table = F.embedding(position_ids, self.cos_sin)
+        cos, sin = table.unsqueeze(2).chunk(2, dim=-1)
+        return cos, sin
 
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    first, second = x.chunk(2, dim=-1)
-    return torch.cat((-second, first), dim=-1)
+    def grow(self, length: int):
+        """Extend the table to at least `length` positions (doubling, so that growth is rare)."""
+        table = self.compute_table(max(length, 2 * self.cos_sin.shape[0]), device=self.cos_sin.device)
+        self.cos_sin = table.to(self.cos_sin.dtype)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate `x` (batch, heads, seq, head_dim) by the per-position angles (batch, seq, head_dim)."""
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    return x * cos + rotate_half(x) * sin
+    """Rotate `x` (batch, seq, heads, head_dim) by the per-position angles: dims i and i + head_dim/2 turn as a pair.
+
+    This is the usual `x * cos + rotate_half(x) * sin` with `rotate_half(x) = cat(-x2, x1)`. The table's `sin` holds
+    (-sin, +sin), the signs of `rotate_half`, so all that is left of it is swapping the halves: a `roll`.
+    """
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin)
 
 
 # ----------------------------------------------------------------------------------------------- attention
@@ -138,12 +159,20 @@ class SLMAttention(nn.Module):
         **kwargs,
     ) -> torch.Tensor:
         batch, seq, _ = hidden_states.shape
-        qkv = self.qkv_proj(hidden_states).view(batch, seq, -1, self.head_dim).transpose(1, 2)
-        query, key, value = qkv.split([self.num_heads, self.num_key_value_heads, self.num_key_value_heads], dim=1)
-
-        if self.use_rotary:
+        qkv = self.qkv_proj(hidden_states).view(batch, seq, -1, self.head_dim)
+        queries_and_keys = self.num_heads + self.num_key_value_heads
+        if self.use_rotary:  # queries and keys turn together: one rotation for both
             cos, sin = position_embeddings
-            query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
+            query_key = apply_rotary(qkv[:, :, :queries_and_keys], cos, sin).transpose(1, 2)
+        else:
+            query_key = qkv[:, :, :queries_and_keys].transpose(1, 2)
+        query, key = query_key.split([self.num_heads, self.num_key_value_heads], dim=1)
+        value = qkv[:, :, queries_and_keys:].transpose(1, 2)
+        if hidden_states.device.type == "cpu" and hidden_states.dtype in (torch.bfloat16, torch.float16):
+            # CPU attention kernels are several times slower in 16 bits than in fp32 (in training and decoding alike):
+            # attend in fp32, and cache the keys and values in fp32 too, so that only the new ones are converted.
+            query, key, value = query.float(), key.float(), value.float()
+
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx)
 
@@ -160,7 +189,7 @@ class SLMAttention(nn.Module):
             scaling=self.scaling,
             **kwargs,
         )
-        return self.o_proj(output.reshape(batch, seq, -1))
+        return self.o_proj(output.reshape(batch, seq, -1).to(hidden_states.dtype))
 
 
 # -------------------------------------------------------------------------------------------- feed-forward
@@ -242,7 +271,7 @@ class SLMPreTrainedModel(PreTrainedModel):
             if getattr(module, "bias", None) is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, SLMRotaryEmbedding):
-            init.copy_(module.inv_freq, module.compute_inv_freq())
+            init.copy_(module.cos_sin, module.compute_table(module.cos_sin.shape[0]))
 
 
 class SLMModel(SLMPreTrainedModel):
@@ -267,24 +296,27 @@ class SLMModel(SLMPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding):
         self.embed_tokens = value
 
-    def _check_inputs(self, input_ids: torch.Tensor | None, past_length: int, seq_length: int):
-        """Turn out-of-range inputs into a ValueError instead of an IndexError (or a device assert) inside torch."""
-        config = self.config
-        if config.position_embedding_type == "learned" and past_length + seq_length > config.max_position_embeddings:
-            raise ValueError(
-                f"Sequence of {past_length + seq_length} tokens is longer than max_position_embeddings "
-                f"({config.max_position_embeddings}) of this model's learned position table; truncate the input "
-                f"or generate fewer tokens."
-            )
-        # Reading the ids' range costs a host-device sync on an accelerator: there, check only the prompt (the
-        # first forward of a generation, uncached), never the decoding steps, whose ids the model chose itself.
-        if input_ids is None or (input_ids.device.type != "cpu" and (past_length > 0 or self.training)):
-            return
-        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= config.vocab_size):
-            raise ValueError(
-                f"Token ids must be in [0, {config.vocab_size}) (the model's vocab_size); got ids from "
-                f"{int(input_ids.min())} to {int(input_ids.max())}. Was the text encoded with a different tokenizer?"
-            )
+    def _embed(self, input_ids: torch.Tensor, decoding_step: bool) -> torch.Tensor:
+        """Token embeddings; an id outside the vocabulary is a ValueError, not an IndexError or a device assert."""
+        if input_ids.device.type == "cpu" or torch.compiler.is_compiling():
+            try:  # free on a CPU: torch checks the range anyway, only its error message is reworded
+                return self.embed_tokens(input_ids)
+            except IndexError:
+                raise self._vocabulary_error(input_ids) from None
+        # On an accelerator a bad id is an unrecoverable device assert, and reading the ids' range costs a host-device
+        # sync: check prompts, not the decoding steps of a generation (whose ids the model chose itself) nor training.
+        if not decoding_step and not self.training and input_ids.numel():
+            low, high = input_ids.aminmax()
+            if low < 0 or high >= self.config.vocab_size:
+                raise self._vocabulary_error(input_ids)
+        return self.embed_tokens(input_ids)
+
+    def _vocabulary_error(self, input_ids: torch.Tensor) -> ValueError:
+        low, high = (int(value) for value in input_ids.aminmax())
+        return ValueError(
+            f"Token ids must be in [0, {self.config.vocab_size}) (the model's vocab_size); got ids from {low} to "
+            f"{high}. Was the text encoded with a different tokenizer?"
+        )
 
     def forward(
         self,
@@ -301,21 +333,30 @@ class SLMModel(SLMPreTrainedModel):
         use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
-        past_length = cache.get_seq_length() if cache is not None else 0
         seq_length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
-        self._check_inputs(input_ids, past_length, seq_length)
+        # The number of keys attention sees, a Python int also for a static cache (then: its size), so that checks on
+        # it need no host-device sync and compile.
+        key_length = cache.get_mask_sizes(seq_length, 0)[0] if cache is not None else seq_length
+        learned_positions = self.config.position_embedding_type == "learned"
+        if learned_positions and key_length > self.config.max_position_embeddings:
+            raise ValueError(
+                f"Sequence of {key_length} tokens is longer than max_position_embeddings "
+                f"({self.config.max_position_embeddings}) of this model's learned position table; truncate the input "
+                f"or generate fewer tokens."
+            )
 
         if inputs_embeds is None:
-            inputs_embeds = self.embed_tokens(input_ids)
+            inputs_embeds = self._embed(input_ids, decoding_step=cache is not None and seq_length == 1)
         if position_ids is None:
-            position_ids = torch.arange(past_length, past_length + seq_length, device=inputs_embeds.device)[None]
+            past_length = cache.get_seq_length() if cache is not None else 0
+            position_ids = torch.arange(seq_length, device=inputs_embeds.device)[None] + past_length
 
         hidden_states = inputs_embeds
         position_embeddings = None
-        if self.config.position_embedding_type == "learned":
+        if learned_positions:
             hidden_states = hidden_states + self.embed_positions(position_ids)
         else:
-            position_embeddings = self.rotary_emb(position_ids, hidden_states.dtype)
+            position_embeddings = self.rotary_emb(position_ids, key_length)
         hidden_states = self.dropout(hidden_states)
 
         causal_mask = create_causal_mask(

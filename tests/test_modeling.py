@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from transformers import AutoModel, AutoModelForCausalLM
+from transformers.cache_utils import DynamicCache
 
 from slm_hf import SLMConfig, SLMForCausalLM, SLMModel
 from slm_hf.tokenization import save_tokenizer, train_tokenizer
@@ -137,6 +138,22 @@ def test_eager_and_sdpa_attention_agree(position):
     torch.testing.assert_close(sdpa_plain, eager_plain, atol=1e-5, rtol=1e-5)
 
 
+def test_rotary_positions_are_relative_also_beyond_the_trained_context():
+    """Rotary attention depends only on distances: shifting every position leaves the logits unchanged, also past
+    max_position_embeddings, where the cos/sin table has to grow."""
+    model = make_model(max_position_embeddings=16)
+    input_ids = random_ids(2, 12)
+    positions = torch.arange(12)[None].expand(2, -1)
+    with torch.no_grad():
+        reference = model(input_ids, position_ids=positions).logits
+        for shift in (5, 300):
+            shifted = model(input_ids, position_ids=positions + shift, cache=DynamicCache(config=model.config))
+            torch.testing.assert_close(shifted.logits, reference, atol=2e-5, rtol=1e-4)
+    assert model.model.rotary_emb.cos_sin.shape[0] >= 312
+    prompt = random_ids(1, 10)
+    assert torch.equal(greedy(model, prompt), greedy(model, prompt, use_cache=False))  # 34 positions > 16
+
+
 def test_logits_to_keep():
     model = make_model()
     input_ids = random_ids(2, 10)
@@ -211,6 +228,15 @@ def test_bf16_copy_stays_close_to_fp32():
     assert error < 0.1 * fp32.std().item(), error  # bf16 keeps ~3 significant digits: measured ~0.04 std
     agreement = (bf16.argmax(-1) == fp32.argmax(-1)).float().mean().item()
     assert agreement > 0.9, agreement
+
+
+def test_bf16_copy_generates_with_dynamic_and_static_caches():
+    model = make_model(seed=3).to(torch.bfloat16)
+    input_ids, attention_mask = left_pad([random_ids(9, seed=7), random_ids(5, seed=8)])
+    dynamic = greedy(model, input_ids, attention_mask=attention_mask, pad_token_id=0)
+    static = greedy(model, input_ids, attention_mask=attention_mask, pad_token_id=0, cache_implementation="static")
+    assert dynamic.shape == (2, 9 + 24)
+    assert torch.equal(dynamic, static)
 
 
 # ------------------------------------------------------------------------------------------------ bad input
