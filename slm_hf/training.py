@@ -52,7 +52,7 @@ from .data import load_tokens, read_meta
 from .errors import SLMError
 from .modeling_slm import SLMForCausalLM
 from .tokenization import load_tokenizer, save_tokenizer, tokenizer_sha256
-from .training_config import TrainingConfig
+from .training_config import DATA_MODEL_KEYS, TrainingConfig
 
 # Sampling defaults saved in generation_config.json: varied but coherent stories that end at <|endoftext|>.
 STORY_SAMPLING = dict(do_sample=True, temperature=0.8, top_k=50, top_p=0.95, max_new_tokens=200)
@@ -376,9 +376,16 @@ def plot_loss_curve(records: list[dict[str, Any]], path: Path) -> Path:
 
 
 # --------------------------------------------------------------------------------------- model folders
-def export_model(accelerator: Accelerator, model: torch.nn.Module, tokenizer, directory: Path,
-                 results: dict[str, Any], config: TrainingConfig, loss_curve: Path | None = None,
-                 model_card: bool = False) -> Path:  # fmt: skip
+def export_model(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    tokenizer,
+    directory: Path,
+    results: dict[str, Any],
+    config: TrainingConfig,
+    loss_curve: Path | None = None,
+    model_card: bool = False,
+) -> Path:
     """Write a Hub-ready model folder, atomically (built under a temporary name, then renamed into place).
 
     The folder holds the safetensors weights, config.json, generation_config.json, the model's code (remote
@@ -408,7 +415,8 @@ def write_card(directory: Path) -> None:
     """The model card (README.md), from the folder's own files (slm_hf.model_card)."""
     from .model_card import write_model_card
 
-    write_model_card(directory)
+    with _quiet_progress_bars():
+        write_model_card(directory)
 
 
 # ---------------------------------------------------------------------------------------------- the run
@@ -474,14 +482,16 @@ def train(
     meta = read_meta(data_dir)
     tokenizer = load_tokenizer(data_dir / meta["tokenizer"]["path"])
     if len(tokenizer) != meta["vocab_size"]:
-        raise SLMError(f"{data_dir}: meta.json says vocab_size {meta['vocab_size']} but the tokenizer has "
-                       f"{len(tokenizer)} tokens; prepare the data folder again")  # fmt: skip
+        raise SLMError(
+            f"{data_dir}: meta.json says vocab_size {meta['vocab_size']} but the tokenizer has {len(tokenizer)} "
+            f"tokens; prepare the data folder again"
+        )
     model_config = config.model_config(meta["vocab_size"], meta["eos_token_id"])
+    from_data = {key: getattr(model_config, key) for key in DATA_MODEL_KEYS}
     config = replace(
         config,
         block_size=config.block_size or model_config.max_position_embeddings,
-        model={**config.model, "vocab_size": model_config.vocab_size, "eos_token_id": meta["eos_token_id"],
-               "bos_token_id": meta["eos_token_id"], "pad_token_id": meta["eos_token_id"]},  # fmt: skip
+        model={**config.model, **from_data},  # the resolved config pins what the data decided
     )
     data_summary = _data_summary(meta, tokenizer)
 
@@ -526,15 +536,14 @@ def train(
     # The model, initialised identically on every process; then dropout differs per process.
     set_seed(config.seed)
     model = SLMForCausalLM(model_config)
-    model.generation_config = GenerationConfig(
-        **STORY_SAMPLING, bos_token_id=model_config.bos_token_id, eos_token_id=model_config.eos_token_id,
-        pad_token_id=model_config.pad_token_id,
-    )  # fmt: skip
+    special_ids = {key: getattr(model_config, key) for key in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    model.generation_config = GenerationConfig(**STORY_SAMPLING, **special_ids)
     tokenizer.model_max_length = model_config.max_position_embeddings
     set_seed(config.seed, device_specific=True)
     optimizer = build_optimizer(model, config)
-    schedule = Schedule(config.learning_rate, config.min_lr, config.warmup_steps, config.max_steps,
-                        config.warmup_start_factor)  # fmt: skip
+    schedule = Schedule(
+        config.learning_rate, config.min_lr, config.warmup_steps, config.max_steps, config.warmup_start_factor
+    )
     # LambdaLR counts the updates done so far; update n + 1 is the next one.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda done: schedule.lr(done + 1) / schedule.peak)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
@@ -549,8 +558,13 @@ def train(
     val_bytes_per_token = meta["splits"]["val"]["bytes_per_token"]
 
     # Fresh start, or resume.
-    state = TrainingState(max_steps=config.max_steps, micro_batches_per_step=micro_batches, num_processes=world,
-                          precision=precision, data=data_summary)  # fmt: skip
+    state = TrainingState(
+        max_steps=config.max_steps,
+        micro_batches_per_step=micro_batches,
+        num_processes=world,
+        precision=precision,
+        data=data_summary,
+    )
     if checkpoint is not None:
         saved_state, _ = read_checkpoint(checkpoint)
         accelerator.load_state(str(checkpoint))
@@ -591,15 +605,17 @@ def train(
 
     def sample_story() -> str | None:
         """A short story from the model, with its own seed: the training's random streams are left untouched."""
-        if config.sample_tokens == 0 or accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-            return None  # fmt: skip
+        sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+        if config.sample_tokens == 0 or sharded:
+            return None
         unwrapped = accelerator.unwrap_model(model)
         devices = [accelerator.device] if accelerator.device.type == "cuda" else []
         unwrapped.eval()
         with torch.random.fork_rng(devices=devices, device_type=accelerator.device.type), torch.no_grad():
             torch.manual_seed(config.seed)
             prompt = torch.tensor([[model_config.bos_token_id]], device=accelerator.device)
-            story = unwrapped.generate(prompt, max_new_tokens=config.sample_tokens, attention_mask=torch.ones_like(prompt))
+            mask = torch.ones_like(prompt)
+            story = unwrapped.generate(prompt, attention_mask=mask, max_new_tokens=config.sample_tokens)
         unwrapped.train()
         return tokenizer.decode(story[0, 1:], skip_special_tokens=True).strip()
 
@@ -764,8 +780,9 @@ def train(
 
     # The model folders: final (this step) and best (lowest validation loss), each with the loss curve and card.
     final_record = last_eval if last_eval is not None and last_eval["step"] == state.step else run_eval()
-    final_dir = export_model(accelerator, model, tokenizer, out_dir / "final", results(final_record), config,
-                             loss_curve=curve, model_card=True)  # fmt: skip
+    final_dir = export_model(
+        accelerator, model, tokenizer, out_dir / "final", results(final_record), config, curve, model_card=True
+    )
     if main and (out_dir / "best").is_dir():
         shutil.copy2(curve, out_dir / "best" / "loss_curve.png")
         write_card(out_dir / "best")
@@ -790,8 +807,14 @@ def _fit_budget(step: int, config: TrainingConfig, seconds_left: float, step_tim
     return max(step, min(config.max_steps, step + int((seconds_left - 2 * eval_time) / per_step)))
 
 
-def _plan_output(out_dir: Path, resume: str | None, overwrite: bool, config: TrainingConfig,
-                 data_summary: dict[str, Any], distributed: PartialState) -> Path | None:  # fmt: skip
+def _plan_output(
+    out_dir: Path,
+    resume: str | None,
+    overwrite: bool,
+    config: TrainingConfig,
+    data_summary: dict[str, Any],
+    distributed: PartialState,
+) -> Path | None:
     """Check the output folder; return the checkpoint to resume from (or None to start afresh)."""
     if resume and overwrite:
         raise SLMError("--resume and --overwrite contradict each other: choose one")
@@ -819,10 +842,11 @@ def _plan_output(out_dir: Path, resume: str | None, overwrite: bool, config: Tra
     if checkpoint is not None:
         saved_state, saved_config = read_checkpoint(checkpoint)
         differences = config.trajectory_differences(saved_config)
-        if saved_state.micro_batches_per_step != config.gradient_accumulation_steps * distributed.num_processes:
+        micro_batches = config.gradient_accumulation_steps * distributed.num_processes
+        if saved_state.micro_batches_per_step != micro_batches:
             differences.append(
                 f"micro-batches per step (processes x gradient_accumulation_steps): "
-                f"{saved_state.micro_batches_per_step} -> {config.gradient_accumulation_steps * distributed.num_processes}"
+                f"{saved_state.micro_batches_per_step} -> {micro_batches}"
             )
         for key in ("tokenizer_sha256", "train_tokens"):
             if saved_state.data.get(key) != data_summary[key]:

@@ -55,7 +55,8 @@ RESUMABLE_KEYS = (
 def _model_keys() -> list[str]:
     """The fields an SLMConfig accepts (its constructor's named parameters)."""
     parameters = inspect.signature(SLMConfig.__init__).parameters
-    return [name for name, p in parameters.items() if name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [name for name, parameter in parameters.items() if name != "self" and parameter.kind in named]
 
 
 @dataclass
@@ -155,8 +156,7 @@ class TrainingConfig:
         values for these fields are only defaults and give way to the data.
         """
         overrides = {key: value for key, value in self.model.items() if key != "preset"}
-        from_data = {"vocab_size": vocab_size, "bos_token_id": eos_token_id, "eos_token_id": eos_token_id,
-                     "pad_token_id": eos_token_id}  # fmt: skip
+        from_data = dict(zip(DATA_MODEL_KEYS, (vocab_size, eos_token_id, eos_token_id, eos_token_id)))
         for key, value in from_data.items():
             if key in overrides and overrides[key] != value:
                 raise SLMError(
@@ -253,7 +253,12 @@ def _dotted_model_keys() -> list[str]:
 
 
 # Names other tools (nanoGPT, the reference tutorial) use for our keys.
-_ALIASES = {"lr": "learning_rate", "max_iters": "max_steps", "warmup_iters": "warmup_steps", "grad_accum": "gradient_accumulation_steps"}
+_ALIASES = {
+    "lr": "learning_rate",
+    "max_iters": "max_steps",
+    "warmup_iters": "warmup_steps",
+    "grad_accum": "gradient_accumulation_steps",
+}
 
 
 def _suggest(key: str, candidates: list[str]) -> str:

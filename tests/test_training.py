@@ -30,6 +30,17 @@ TINY = ROOT / "configs" / "tiny.yaml"
 # it many times slower. HF_HUB_OFFLINE: nothing may come from the network.
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 ENV.pop(SAVE_PAUSE_ENV, None)
+HUB_FILES = (
+    "model.safetensors",
+    "config.json",
+    "generation_config.json",
+    "configuration_slm.py",
+    "modeling_slm.py",
+    "tokenizer.json",
+    "training_results.json",
+    "train_config.yaml",
+    "README.md",
+)
 # 200 updates of 2 micro-batches of 8 x 64 tokens: a few seconds, long enough to interrupt.
 RUN = ["max_steps=200", "gradient_accumulation_steps=2", "save_interval=20", "eval_interval=50", "log_interval=5"]
 
@@ -43,6 +54,11 @@ def run_train(data, out, *extra, env=ENV, check=True):
     if check and result.returncode != 0:
         raise AssertionError(f"train.py failed ({result.returncode}):\n{result.stderr[-3000:]}")
     return result
+
+
+def start_train(data, out, *extra, env=ENV, stderr=subprocess.DEVNULL):
+    command = train_command(data, out, *extra)
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=stderr, text=True)
 
 
 def step_losses(out):
@@ -138,14 +154,14 @@ def test_final_folder_is_hub_ready_loads_and_generates(reference):
     assert val[200] < val[50] < math.log(512)  # it learns
     for name in ("final", "best"):
         folder = reference / name
-        for file in ("model.safetensors", "config.json", "generation_config.json", "configuration_slm.py",
-                     "modeling_slm.py", "tokenizer.json", "training_results.json", "train_config.yaml", "README.md"):  # fmt: skip
+        for file in HUB_FILES:
             assert (folder / file).is_file(), f"{name}/{file}"
     assert (reference / "final" / "loss_curve.png").is_file() and (reference / "loss_curve.png").is_file()
     results = json.loads((reference / "final" / "training_results.json").read_text())
     assert results["step"] == 200 and results["tokens"] == 200 * 2 * 8 * 64 and results["num_processes"] == 1
     assert results["val/loss"] == pytest.approx(val[200])
-    assert results["val/bits_per_byte"] == pytest.approx(val[200] / math.log(2) / results["data"]["val_bytes_per_token"])
+    bits_per_byte = val[200] / math.log(2) / results["data"]["val_bytes_per_token"]
+    assert results["val/bits_per_byte"] == pytest.approx(bits_per_byte)
     assert [entry["step"] for entry in results["history"]] == [50, 100, 150, 200]
     assert results["config"]["gradient_accumulation_steps"] == 2 and results["precision"] == "fp32"
 
@@ -160,8 +176,7 @@ def test_final_folder_is_hub_ready_loads_and_generates(reference):
 # ----------------------------------------------------------------------------------- interrupt and resume
 def test_sigkill_mid_run_then_resume_repeats_the_losses_exactly(data_dir, reference, tmp_path):
     out = tmp_path / "killed"
-    process = subprocess.Popen(train_command(data_dir, out, *RUN), env=ENV, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)  # fmt: skip
+    process = start_train(data_dir, out, *RUN)
     wait_for(lambda: logged_steps(out) >= 65, process)  # past the checkpoint at 60, before the one at 80
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -174,8 +189,7 @@ def test_sigkill_mid_run_then_resume_repeats_the_losses_exactly(data_dir, refere
 
 def test_sigterm_saves_a_checkpoint_and_exits_then_resumes_exactly(data_dir, reference, tmp_path):
     out = tmp_path / "stopped"
-    process = subprocess.Popen(train_command(data_dir, out, *RUN), env=ENV, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+    process = start_train(data_dir, out, *RUN, stderr=subprocess.PIPE)
     wait_for(lambda: logged_steps(out) >= 30, process)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
@@ -191,8 +205,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_then_resumes_exactly(data_dir, ref
 def test_kill_during_checkpoint_save_leaves_nothing_to_resume_from(data_dir, reference, tmp_path):
     out = tmp_path / "killed-saving"
     env = {**ENV, SAVE_PAUSE_ENV: "60"}  # the first save stops after writing, before its folder is renamed
-    process = subprocess.Popen(train_command(data_dir, out, *RUN), env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)  # fmt: skip
+    process = start_train(data_dir, out, *RUN, env=env)
     partial = out / "checkpoints" / ".tmp-step_0000020"
     wait_for(lambda: (partial / "training_state.json").is_file(), process)
     process.send_signal(signal.SIGKILL)
@@ -221,9 +234,10 @@ def test_resume_auto_skips_a_damaged_checkpoint(reference, tmp_path):
 def test_two_processes_match_one_process_with_twice_the_accumulation(data_dir, reference, tmp_path):
     out = tmp_path / "ddp"
     run = [arg for arg in RUN if not arg.startswith("gradient_accumulation_steps")] + ["gradient_accumulation_steps=1"]
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *train_command(data_dir, out, *run)[1:]]  # fmt: skip
-    result = subprocess.run(command, env={**ENV, "ACCELERATE_USE_CPU": "true"}, capture_output=True, text=True,
-                            timeout=300)  # fmt: skip
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    command = torchrun + train_command(data_dir, out, *run)[1:]
+    env = {**ENV, "ACCELERATE_USE_CPU": "true"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / "final" / "training_results.json").read_text())
     assert results["num_processes"] == 2 and results["tokens"] == 200 * 2 * 8 * 64

@@ -1,0 +1,184 @@
+"""Training throughput: tokens/s of the full training step of SLM against transformers' LlamaForCausalLM of the
+same shape, both driven by the training loop's own step (`slm_hf.training.optimizer_step`: forward, backward,
+gradient clipping, fused AdamW with the loop's parameter groups), in the same run.
+
+The shape is the `cpu-demo` preset's (configs/cpu-demo.yaml: width 288, 6 layers, 6 heads, intermediate 768,
+vocabulary 4096, context 256, batch 16), in fp32 and under bf16 autocast. Each (model, precision) pair runs in its
+own subprocess, so that its peak memory (max RSS) is its own; the pairs are interleaved over the repeats (load from
+other processes on a shared machine hits them alike). Reported: the median over repeats of each run's median step
+time as tokens/s, the ratio to Llama at the same precision and to Llama's best precision, peak memory, and model
+FLOP utilisation against the bf16 matrix-product peak measured here.
+
+    python bench/bench_train.py                          # 10 timed steps after 3 warm-up steps, 3 repeats
+    python bench/bench_train.py --steps 2 --warmup 1 --repeats 1     # a quick check
+"""
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "configs" / "cpu-demo.yaml"
+MODELS = ("slm", "llama")
+PRECISIONS = ("no", "bf16")
+
+
+def shape():
+    """The benchmarked shape: the cpu-demo preset's model (vocabulary 4096) and batch."""
+    from slm_hf.training_config import TrainingConfig
+
+    config = TrainingConfig.load(CONFIG)
+    model_config = config.model_config(vocab_size=4096, eos_token_id=0)
+    return config, model_config
+
+
+def build_model(name: str, model_config) -> torch.nn.Module:
+    torch.manual_seed(0)
+    if name == "slm":
+        from slm_hf import SLMForCausalLM
+
+        return SLMForCausalLM(model_config)
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    llama_config = LlamaConfig(
+        vocab_size=model_config.vocab_size,
+        hidden_size=model_config.hidden_size,
+        intermediate_size=model_config.intermediate_size,
+        num_hidden_layers=model_config.num_hidden_layers,
+        num_attention_heads=model_config.num_attention_heads,
+        num_key_value_heads=model_config.num_key_value_heads,
+        max_position_embeddings=model_config.max_position_embeddings,
+        rms_norm_eps=model_config.norm_eps,
+        rope_parameters={"rope_type": "default", "rope_theta": model_config.rope_theta},
+        tie_word_embeddings=True,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
+    class ShiftedLlamaForCausalLM(LlamaForCausalLM):
+        """Llama computes a loss only when given `labels`; the loop passes targets already shifted (`shift_labels`),
+        which transformers' causal-LM loss then uses as they are: the same loss function as SLM's."""
+
+        def forward(self, shift_labels=None, **kwargs):
+            return super().forward(labels=shift_labels, shift_labels=shift_labels, **kwargs)
+
+    return ShiftedLlamaForCausalLM(llama_config)
+
+
+def training_flops_per_token(model: torch.nn.Module, model_config, block_size: int) -> float:
+    """6 x (weights of every matrix product, the tied head included) + 12 x layers x width x context (attention)."""
+    matmul_weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    attention = 12 * model_config.num_hidden_layers * model_config.hidden_size * block_size
+    return 6 * matmul_weights + attention
+
+
+def worker(model_name: str, precision: str, steps: int, warmup: int) -> dict:
+    """Time `steps` training steps (after `warmup`) of one model at one precision; runs in its own process."""
+    from accelerate import Accelerator
+
+    from slm_hf.training import TokenWindows, build_optimizer, optimizer_step
+
+    config, model_config = shape()
+    baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    accelerator = Accelerator(mixed_precision=precision)
+    model = build_model(model_name, model_config)
+    flops_per_token = training_flops_per_token(model, model_config, config.block_size)
+    optimizer = build_optimizer(model, config)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    model.train()
+    tokens = np.random.default_rng(0).integers(0, model_config.vocab_size, 1_000_000).astype(np.uint16)
+    windows = TokenWindows(tokens, config.block_size, config.batch_size, seed=0, stream=0)
+    times = []
+    for step in range(warmup + steps):
+        batches = [windows.batch(step, micro) for micro in range(config.gradient_accumulation_steps)]
+        start = time.perf_counter()
+        loss, _ = optimizer_step(accelerator, model, optimizer, batches, config.grad_clip)
+        loss.item()  # wait for the step to finish
+        times.append(time.perf_counter() - start)
+    step_time = statistics.median(times[warmup:])
+    tokens_per_step = config.batch_size * config.block_size * config.gradient_accumulation_steps
+    return {
+        "model": model_name,
+        "precision": precision,
+        "tok_s": tokens_per_step / step_time,
+        "step_s": step_time,
+        "flops_per_token": flops_per_token,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "baseline_rss_mb": baseline_rss / 1024,
+        "loss": loss.item(),
+    }
+
+
+def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
+    """The best FLOP/s of a square matrix product on this machine (the ceiling for MFU)."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per run")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per (model, precision), interleaved")
+    parser.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS)
+    parser.add_argument("--worker", nargs=2, metavar=("MODEL", "PRECISION"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(*args.worker, args.steps, args.warmup)))
+        return
+
+    config, model_config = shape()
+    print(
+        f"# training step, cpu-demo shape: width {model_config.hidden_size}, {model_config.num_hidden_layers} "
+        f"layers, vocab {model_config.vocab_size}, batch {config.batch_size} x {config.block_size}; "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
+    )
+    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    print(f"# matrix-product peak (2048^3): fp32 {peaks['fp32'] / 1e12:.2f} TFLOP/s, bf16 {peaks['bf16'] / 1e12:.2f}")
+    runs: dict[tuple[str, str], list[dict]] = {}
+    for repeat in range(args.repeats):
+        for precision in args.precisions:
+            for model in MODELS:
+                command = [sys.executable, __file__, "--worker", model, precision]
+                command += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
+                output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+                result = json.loads(output.strip().splitlines()[-1])
+                runs.setdefault((model, precision), []).append(result)
+                print(f"  repeat {repeat + 1}: {model:5} {precision:4} {result['tok_s']:8,.0f} tok/s", flush=True)
+
+    def median(model, precision, key):
+        return statistics.median(run[key] for run in runs[(model, precision)])
+
+    best_llama = max(median("llama", p, "tok_s") for p in args.precisions)
+    print()
+    print("| model | precision | tokens/s | vs Llama, same precision | vs Llama's best | peak RSS MB | MFU |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for precision in args.precisions:
+        for model in MODELS:
+            tok_s = median(model, precision, "tok_s")
+            ratio = tok_s / median("llama", precision, "tok_s")
+            flops = tok_s * runs[(model, precision)][0]["flops_per_token"]
+            print(
+                f"| {model} | {'fp32' if precision == 'no' else 'bf16 autocast'} | {tok_s:,.0f} | {ratio:.2f}x | "
+                f"{tok_s / best_llama:.2f}x | {median(model, precision, 'peak_rss_mb'):,.0f} | "
+                f"{flops / peaks['bf16']:.1%} |"
+            )
+
+
+if __name__ == "__main__":
+    main()
