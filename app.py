@@ -67,7 +67,7 @@ class StoryTeller:
         if len(prompt) > MAX_PROMPT_CHARS:
             return None, (f"That prompt is {len(prompt):,} characters long. This little model only reads "
                           f"{self.context} tokens (a few short paragraphs): please shorten it.")
-        ids = [self.tokenizer.eos_token_id] + self.tokenizer.encode(prompt, add_special_tokens=False)
+        ids = [self.tokenizer.eos_token_id] + self.tokenizer.encode(prompt, add_special_tokens=False, verbose=False)
         if len(ids) >= self.context:
             return None, (f"That prompt is {len(ids) - 1} tokens long, but this model reads at most "
                           f"{self.context - 1} tokens and needs room to write: please shorten it.")

@@ -12,8 +12,9 @@ The JSON report goes to stdout (or --json PATH); a short summary goes to stderr.
 import argparse
 import json
 import sys
+from pathlib import Path
 
-from slm_hf.errors import exit_on_error
+from slm_hf.errors import SLMError, exit_on_error
 from slm_hf.evaluation import evaluate, summary, write_json
 from slm_hf.generation import load_pretrained
 
@@ -41,6 +42,8 @@ def parse_args(argv=None):
 @exit_on_error
 def main(argv=None):
     args = parse_args(argv)
+    if not Path(args.data).exists():
+        raise SLMError(f"--data {args.data} does not exist; pass a data folder (with meta.json) or a .txt / .jsonl file")
     model, tokenizer = load_pretrained(args.model, device=args.device, revision=args.revision,
                                        trust_remote_code=args.trust_remote_code)
     result = {"model": args.model}

@@ -42,7 +42,6 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .errors import SLMError
 from .generation import GenerationSettings, context_length, generate_ids
-from .tokenization import EOS_TOKEN
 
 IGNORE_INDEX = -100
 
@@ -247,8 +246,11 @@ def evaluate_texts(
     windows = []
     predicted = 0
     byte_count = 0
-    for text in texts:
-        ids = [eos] + tokenizer.encode(text, add_special_tokens=False) + [eos]
+    texts = list(texts)
+    # One batch call (Rust threads); verbose=False: stories longer than the context are expected here.
+    encoded = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"] if texts else []
+    for text, story_ids in zip(texts, encoded):
+        ids = [eos] + story_ids + [eos]
         windows.extend(story_windows(ids, context, stride))
         predicted += len(ids) - 1
         byte_count += len(text.encode("utf-8"))
@@ -260,27 +262,30 @@ def evaluate_texts(
 
 # ------------------------------------------------------------------------------------------------- inputs
 def read_stories(path: str | os.PathLike, max_stories: int | None = None) -> list[str]:
-    """Stories from a TinyStories text file (stories separated by `<|endoftext|>` lines) or a JSON-lines file
-    (one `{"text": ...}` object per line), stripped of surrounding whitespace, empty ones dropped."""
+    """Stories from a TinyStories text file (`.txt` or `.txt.gz`, each story followed by a line holding exactly
+    `<|endoftext|>`) or a JSON-lines file (one `{"text": ...}` object per line), stripped of surrounding whitespace,
+    empty ones dropped: the stories `prepare_data` would read from the same file."""
+    from .data import read_stories as read_text_stories
+
     path = Path(path)
     if not path.is_file():
         raise SLMError(f"{path} is not a file; pass a data folder (with meta.json) or a .txt / .jsonl file")
-    if path.suffix == ".jsonl":
-        stories = []
-        with path.open(encoding="utf-8") as lines:
-            for number, line in enumerate(lines, 1):
-                if not line.strip():
-                    continue
-                try:
-                    stories.append(json.loads(line)["text"])
-                except (json.JSONDecodeError, KeyError, TypeError) as error:
-                    raise SLMError(f"{path}:{number}: expected a JSON object with a 'text' field ({error})") from None
-                if max_stories is not None and len(stories) >= max_stories:
-                    break
-    else:
-        stories = path.read_text(encoding="utf-8").split(EOS_TOKEN)
-    stories = [story.strip() for story in stories if story.strip()]
-    return stories[:max_stories] if max_stories is not None else stories
+    if not path.name.endswith(".jsonl"):
+        return read_text_stories(path, max_stories)
+    stories = []
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, 1):
+            if max_stories is not None and len(stories) >= max_stories:
+                break
+            if not line.strip():
+                continue
+            try:
+                text = json.loads(line)["text"]
+            except (json.JSONDecodeError, KeyError, TypeError) as error:
+                raise SLMError(f"{path}:{number}: expected a JSON object with a 'text' field ({error})") from None
+            if isinstance(text, str) and text.strip():
+                stories.append(text.strip())
+    return stories
 
 
 def first_stories(tokens: np.ndarray, eos_token_id: int, max_stories: int) -> np.ndarray:

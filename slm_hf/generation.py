@@ -164,7 +164,7 @@ def context_length(model: PreTrainedModel) -> int:
 
 def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
     """The token ids a story starting with `prompt` has in the training data: `<|endoftext|>` then the prompt."""
-    return [tokenizer.eos_token_id] + tokenizer.encode(prompt, add_special_tokens=False)
+    return [tokenizer.eos_token_id] + tokenizer.encode(prompt, add_special_tokens=False, verbose=False)
 
 
 def fit_to_context(model: PreTrainedModel, prompt_ids: list[int], settings: GenerationSettings) -> GenerationSettings:
