@@ -27,6 +27,7 @@ from slm_hf import data as data_module  # noqa: E402
 from slm_hf.data import DataOptions, prepare_data, read_stories  # noqa: E402
 from slm_hf.tokenization import save_tokenizer, train_tokenizer  # noqa: E402
 
+DEFAULT_TEXT_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinystories"
 FULL_SPLIT_BYTES = 1.9e9  # the full TinyStories training split (2.12M stories)
 BUDGET_SECONDS = 300  # the limit for text -> train.bin on 2 cores
 END_TO_END = "end to end, prepare_data"
@@ -57,7 +58,7 @@ def story_bytes(stories):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--text-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/tinystories",
+    parser.add_argument("--text-dir", type=Path, default=DEFAULT_TEXT_DIR,
                         help="folder with train.txt and valid.txt in the TinyStories format")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-stories", type=int, default=None, help="use only this many training stories")

@@ -244,53 +244,62 @@ def prepare_data(
     fingerprint = _sha256_json(fingerprint_inputs)
 
     if reused_tokenizer is None:
-        tokenizer_obj = _train_on_corpus(corpus, options, show_progress)
-        tokenizer_name = "trained"
+        text_tokenizer, tokenizer_name = _train_on_corpus(corpus, options, show_progress), "trained"
     else:
-        tokenizer_obj, tokenizer_name = reused_tokenizer, options.tokenizer
-    digest = tokenizer_sha256(tokenizer_obj)
-    if existing is not None and not overwrite and existing.get("tokenizer", {}).get("sha256") != digest:
-        raise SLMError(
-            f"{out_dir} already holds data made with a different tokenizer "
-            f"({existing.get('tokenizer', {}).get('name_or_path')!r}, sha256 "
-            f"{str(existing.get('tokenizer', {}).get('sha256'))[:12]}); choose another --out, or pass --overwrite "
-            f"to replace it"
-        )
+        text_tokenizer, tokenizer_name = reused_tokenizer, options.tokenizer
+    digest = tokenizer_sha256(text_tokenizer)
+    if existing is not None and not overwrite:
+        _refuse_other_tokenizer(out_dir, existing, digest)
 
-    vocab = len(tokenizer_obj)
-    dtype = np.uint16 if vocab <= 65535 else np.uint32
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "tokenizer": {"path": _TOKENIZER_DIR, "sha256": digest, "name_or_path": tokenizer_name},
+        "vocab_size": len(text_tokenizer),
+        "eos_token_id": text_tokenizer.eos_token_id,
+        "dtype": "uint16" if len(text_tokenizer) <= 65535 else "uint32",
+        "splits": {},
+        "source": str(source),
+        "source_description": corpus.description,
+        "validation": corpus.validation,
+        "options": asdict(options),
+        "inputs_sha256": fingerprint,
+    }
+    _write_data_folder(out_dir, corpus, text_tokenizer, meta, num_proc, show_progress)
+    splits = meta["splits"]
+    logger.info("wrote %s: train %s tokens (%s stories), val %s tokens (%s stories), %s, vocab %d", out_dir,
+                f"{splits['train']['tokens']:,}", f"{splits['train']['stories']:,}", f"{splits['val']['tokens']:,}",
+                f"{splits['val']['stories']:,}", meta["dtype"], meta["vocab_size"])
+    return PreparedData(out_dir, meta, reused=False)
+
+
+def _refuse_other_tokenizer(out_dir: Path, existing: dict[str, Any], digest: str) -> None:
+    if not existing:
+        raise SLMError(f"{out_dir} has a {_META_FILE} that cannot be read; pass --overwrite to replace the folder")
+    previous = existing.get("tokenizer") or {}
+    if previous.get("sha256") != digest:
+        raise SLMError(f"{out_dir} already holds data made with a different tokenizer "
+                       f"({previous.get('name_or_path')!r}, sha256 {str(previous.get('sha256'))[:12]}); "
+                       f"choose another --out, or pass --overwrite to replace it")
+
+
+def _write_data_folder(out_dir: Path, corpus: _Corpus, text_tokenizer, meta: dict[str, Any], num_proc: int | None,
+                       show_progress: bool) -> None:
+    """Tokenize both splits into a staging folder, fill in meta's per-split counts, then move it all into place."""
     started = time.perf_counter()
+    tokenizer_json = text_tokenizer.backend_tokenizer.to_str()
     with _staging_dir(out_dir) as staging:
-        save_tokenizer(tokenizer_obj, staging / _TOKENIZER_DIR)
-        backend = tokenizer_obj.backend_tokenizer.to_str()
-        stats = {}
+        save_tokenizer(text_tokenizer, staging / _TOKENIZER_DIR)
         for split, stories in (("train", corpus.train), ("val", corpus.val)):
-            stats[split] = _tokenize_to_file(stories, staging / f"{split}.bin", backend, tokenizer_obj.eos_token_id,
-                                             dtype, num_proc, split, show_progress)
-            if stats[split].stories == 0:
+            stats = _tokenize_to_file(stories, staging / f"{split}.bin", tokenizer_json, meta["eos_token_id"],
+                                      np.dtype(meta["dtype"]), num_proc, split, show_progress)
+            if stats.stories == 0:
                 raise SLMError(f"no stories found in the {split} split of {corpus.description} "
-                               f"(every '{options.text_column}' value is empty)")
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "tokenizer": {"path": _TOKENIZER_DIR, "sha256": digest, "name_or_path": tokenizer_name},
-            "vocab_size": vocab,
-            "eos_token_id": tokenizer_obj.eos_token_id,
-            "dtype": np.dtype(dtype).name,
-            "splits": {split: stat.as_meta() for split, stat in stats.items()},
-            "source": str(source),
-            "source_description": corpus.description,
-            "validation": corpus.validation,
-            "options": asdict(options),
-            "inputs_sha256": fingerprint,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "tokenize_seconds": round(time.perf_counter() - started, 2),
-        }
+                               f"(every '{meta['options']['text_column']}' value is empty)")
+            meta["splits"][split] = stats.as_meta()
+        meta["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        meta["tokenize_seconds"] = round(time.perf_counter() - started, 2)
         _write_json(staging / _META_FILE, meta)
         _commit(staging, out_dir)
-    logger.info("wrote %s: train %s tokens (%s stories), val %s tokens (%s stories), %s, vocab %d",
-                out_dir, f"{stats['train'].tokens:,}", f"{stats['train'].stories:,}", f"{stats['val'].tokens:,}",
-                f"{stats['val'].stories:,}", meta["dtype"], vocab)
-    return PreparedData(out_dir, meta, reused=False)
 
 
 def read_meta(data_dir: str | os.PathLike) -> dict[str, Any]:
@@ -419,8 +428,8 @@ def _load_corpus(source: _Source, options: DataOptions) -> _Corpus:
         files = _download_hub_text_files(source.name, options.data_files)
         splits = {split: _stories_dataset(_read_text_files(paths, options.max_stories))
                   for split, paths in files.items()}
-        corpus = _corpus_from_splits(splits, f"{source.name} ({', '.join(p.name for ps in files.values() for p in ps)})",
-                                     options)
+        names = ", ".join(path.name for paths in files.values() for path in paths)
+        corpus = _corpus_from_splits(splits, f"{source.name} ({names})", options)
     else:
         corpus = _corpus_from_splits(_load_with_datasets(source, options), source.name, options)
     return corpus
@@ -682,8 +691,8 @@ def _encode(tokenizer: Tokenizer, batch: list, eos_id: int, dtype) -> tuple[np.n
 
 
 def _plain_tokenizer(tokenizer_json: str) -> Tokenizer:
-    """The Rust tokenizer without padding or truncation, which a saved tokenizer.json may carry (transformers
-    leaves its last padding settings there, and some Hub tokenizers truncate): every story must be whole and unpadded."""
+    """The Rust tokenizer without the padding or truncation a saved tokenizer.json may carry (transformers leaves
+    its last padding settings there, and some Hub tokenizers truncate): every story must be whole and unpadded."""
     tokenizer = Tokenizer.from_str(tokenizer_json)
     tokenizer.no_padding()
     tokenizer.no_truncation()

@@ -3,6 +3,7 @@
 import gzip
 import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,8 +44,9 @@ def small_tokenizer(sample_stories):
 
 @pytest.fixture(scope="module")
 def prepare_script():
-    spec = importlib.util.spec_from_file_location("prepare_data_script", data_module.Path(__file__).parent.parent
-                                                  / "scripts" / "prepare_data.py")
+    """scripts/prepare_data.py as a module, to call its main() in this process (fast; a subprocess test is below)."""
+    path = Path(__file__).resolve().parent.parent / "scripts" / "prepare_data.py"
+    spec = importlib.util.spec_from_file_location("prepare_data_script", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -55,7 +57,8 @@ def prepare_script():
 
 def test_tokenizer_round_trips_tricky_text_after_save_and_load(small_tokenizer, tmp_path):
     save_tokenizer(small_tokenizer, tmp_path / "tok")
-    for tokenizer in (small_tokenizer, AutoTokenizer.from_pretrained(tmp_path / "tok"), load_tokenizer(tmp_path / "tok")):
+    reloaded = (AutoTokenizer.from_pretrained(tmp_path / "tok"), load_tokenizer(tmp_path / "tok"))
+    for tokenizer in (small_tokenizer, *reloaded):
         for text in TRICKY:
             assert tokenizer.decode(tokenizer.encode(text)) == text
         assert tokenizer.eos_token == tokenizer.bos_token == tokenizer.pad_token == EOS_TOKEN
@@ -157,7 +160,8 @@ def test_val_fraction_holds_out_a_seeded_subset(tmp_path, sample_stories, small_
     def val_stories(seed, out):
         prepare_data(str(source), out_dir=tmp_path / out, tokenizer=str(tmp_path / "tok"), val_fraction=0.1,
                      seed=seed, show_progress=False)
-        return [decode_split(small_tokenizer, tmp_path / out, split).split(EOS_TOKEN)[:-1] for split in ("train", "val")]
+        return [decode_split(small_tokenizer, tmp_path / out, split).split(EOS_TOKEN)[:-1]
+                for split in ("train", "val")]
 
     train, val = val_stories(0, "a")
     assert len(val) == 10 and len(train) == 90
@@ -176,7 +180,8 @@ def test_folder_of_txt_files_uses_valid_named_files_for_validation(tmp_path, sam
     save_tokenizer(small_tokenizer, tmp_path / "tok")
     result = prepare_data(str(folder), out_dir=tmp_path / "out", tokenizer=str(tmp_path / "tok"), show_progress=False)
     assert result.meta["splits"]["train"]["stories"] == 40 and result.meta["splits"]["val"]["stories"] == 5
-    assert decode_split(small_tokenizer, tmp_path / "out", "val") == EOS_TOKEN.join(sample_stories["val"][:5]) + EOS_TOKEN
+    expected = EOS_TOKEN.join(sample_stories["val"][:5]) + EOS_TOKEN
+    assert decode_split(small_tokenizer, tmp_path / "out", "val") == expected
 
 
 @pytest.mark.parametrize("layout", ["save_to_disk", "parquet_folder", "jsonl_file"])
@@ -276,7 +281,8 @@ def bad_inputs(tmp_path, tokenizer_dir):
         "empty file": (["--source", tmp_path / "empty.txt"], "empty.txt is empty"),
         "no stories": (["--source", tmp_path / "blank.txt"], "no stories found in"),
         "folder without stories": (["--source", tmp_path / "nothing"], "no stories found in"),
-        "non-UTF-8": (["--source", tmp_path / "latin1.txt"], "latin1.txt is not UTF-8 text: byte 0xe9 at byte offset 31"),
+        "non-UTF-8": (["--source", tmp_path / "latin1.txt"],
+                      "latin1.txt is not UTF-8 text: byte 0xe9 at byte offset 31"),
         "binary": (["--source", tmp_path / "image.txt"], "image.txt is not UTF-8 text: byte 0x89 at byte offset 0"),
         "NUL bytes": (["--source", tmp_path / "nul.txt"], "nul.txt looks binary, not UTF-8 text (NUL byte at byte "
                                                           "offset 27)"),
@@ -296,9 +302,12 @@ def bad_input_cases(tmp_path, small_tokenizer, datasets_cache):
     return bad_inputs(tmp_path, tmp_path / "tok")
 
 
-@pytest.mark.parametrize("case", ["missing path", "empty file", "no stories", "folder without stories", "non-UTF-8",
-                                  "binary", "NUL bytes", "UTF-16 table", "missing text column", "vocab too small", "hub offline",
-                                  "not a tokenizer", "different tokenizer"])
+BAD_INPUTS = ["missing path", "empty file", "no stories", "folder without stories", "non-UTF-8", "binary", "NUL bytes",
+              "UTF-16 table", "missing text column", "vocab too small", "hub offline", "not a tokenizer",
+              "different tokenizer"]
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
 def test_bad_input_gives_one_line_and_exit_2(case, bad_input_cases, tmp_path, prepare_script, tiny_data_dir, capsys):
     args, message = bad_input_cases[case]
     out = tmp_path / "out"
