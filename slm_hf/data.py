@@ -549,6 +549,11 @@ def _check_utf8_file(path: Path) -> None:
     _decode_utf8(b"", path, offset, final=True, decoder=decoder)
 
 
+def _check_table_file(path: Path) -> None:
+    if path.suffix.lower() != ".parquet":  # JSON must be UTF-8; parquet stores its strings as UTF-8 by design
+        _check_utf8_file(path)
+
+
 def _load_with_datasets(source: _Source, options: DataOptions) -> dict[str, Any]:
     """Load a Hub dataset, a local table file or folder, or a saved dataset with the `datasets` library.
 
@@ -561,15 +566,12 @@ def _load_with_datasets(source: _Source, options: DataOptions) -> dict[str, Any]
     try:
         if source.kind == "disk":
             loaded = datasets.load_from_disk(name)
-        elif source.kind == "table":
-            for file in source.files["all"]:
-                if file.suffix.lower() != ".parquet":
-                    _check_utf8_file(file)
-            if Path(name).is_dir():
-                loaded = datasets.load_dataset(name)
-            else:
-                loaded = datasets.load_dataset(TABLE_BUILDERS[Path(name).suffix.lower()], data_files={"train": name})
-        else:
+        elif source.kind == "table" and Path(name).is_file():
+            _check_table_file(Path(name))
+            loaded = datasets.load_dataset(TABLE_BUILDERS[Path(name).suffix.lower()], data_files={"train": name})
+        else:  # a Hub id, or a local folder of table files: the same call
+            for file in source.files.get("all", []):
+                _check_table_file(file)
             loaded = datasets.load_dataset(name, data_files=options.data_files)
     except SLMError:
         raise

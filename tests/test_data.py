@@ -339,3 +339,12 @@ def test_script_end_to_end_in_a_subprocess(tmp_path, run_script, datasets_cache)
     assert bad.stderr.strip().splitlines() == [f"error: {tmp_path / 'bad.txt'} is not UTF-8 text: byte 0xff at byte "
                                                f"offset 17 is invalid"]
     assert not (tmp_path / "bad_out").exists()
+
+
+def test_hub_text_files_path_reports_offline_clearly(tmp_path, prepare_script):
+    assert prepare_script.parse_data_files(["train=TinyStoriesV2-GPT4-train.txt", "validation=v.txt", "x.txt"]) == {
+        "train": ["TinyStoriesV2-GPT4-train.txt", "x.txt"], "validation": ["v.txt"]}
+    with pytest.raises(SLMError, match=r"cannot download .* from the Hub dataset roneneldan/TinyStories \(HF_HUB_OFF"):
+        prepare_data("roneneldan/TinyStories", out_dir=tmp_path / "out", show_progress=False,
+                     data_files={"train": "TinyStoriesV2-GPT4-train.txt"})
+    assert not (tmp_path / "out").exists()
