@@ -557,6 +557,12 @@ def train(
     train_eval_batches = [train_eval_windows.batch(i) for i in range(rank, eval_batches, world)]
     val_bytes_per_token = meta["splits"]["val"]["bytes_per_token"]
 
+    def to_device(tensor: torch.Tensor) -> torch.Tensor:
+        """Copy a batch to the accelerator without waiting for it (from pinned memory): no host sync per step."""
+        if accelerator.device.type == "cuda":
+            return tensor.pin_memory().to(accelerator.device, non_blocking=True)
+        return tensor.to(accelerator.device)
+
     # Fresh start, or resume.
     state = TrainingState(
         max_steps=config.max_steps,
@@ -638,6 +644,7 @@ def train(
             "device": _device_name(accelerator),
             "num_processes": world,
             "parameters": parameters,
+            **_peak_memory(accelerator.device),
             "config": config.to_dict(),
             "data": data_summary,
             "history": history,
@@ -650,24 +657,29 @@ def train(
     bar = tqdm(total=state.max_steps, initial=state.step, disable=not main, unit="step", dynamic_ncols=True)
 
     def flush() -> None:
-        """Write the pending per-step metrics (one host sync for many steps) and refresh the progress bar."""
+        """Write the pending per-step metrics (one host sync for many steps) and refresh the progress bar.
+
+        The last record of each flush also carries the training speed since the previous one (`tokens_per_s`).
+        """
         if not pending:
             return
-        values = torch.stack([loss for _, loss, _, _ in pending]).tolist()
+        now = time.perf_counter()
+        losses = torch.stack([loss for _, loss, _, _ in pending]).tolist()
         norms = [None if norm is None else norm.item() for _, _, _, norm in pending]
-        for (step, _, lr, _), loss, norm in zip(pending, values, norms):
+        speed = (state.tokens - window["tokens"]) / max(now - window["time"], 1e-9)
+        window.update(time=now, tokens=state.tokens)
+        for i, ((step, _, lr, _), loss, norm) in enumerate(zip(pending, losses, norms)):
             record = {"step": step, "tokens": step * tokens_per_step, "train/loss": loss, "lr": lr}
             if norm is not None:
                 record["grad_norm"] = norm
             if state.skipped_steps:
                 record["skipped_steps"] = state.skipped_steps
+            if i == len(pending) - 1:
+                record["tokens_per_s"] = speed
             metrics.write(record)
             if config.report_to != "none":
-                accelerator.log({k: v for k, v in record.items() if k not in ("step",)}, step=step)
-        now = time.perf_counter()
-        speed = (state.tokens - window["tokens"]) / max(now - window["time"], 1e-9)
-        window.update(time=now, tokens=state.tokens)
-        bar.set_postfix(loss=f"{values[-1]:.3f}", lr=f"{pending[-1][2]:.2e}", tok_s=f"{speed:,.0f}", refresh=False)
+                accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{pending[-1][2]:.2e}", tok_s=f"{speed:,.0f}", refresh=False)
         bar.update(pending[-1][0] - bar.n)
         pending.clear()
 
@@ -724,7 +736,7 @@ def train(
             # One update: this process's micro-batches are numbers rank, rank + world, ... of the step's
             # `micro_batches`, so the union over processes does not depend on how many there are.
             batches = (train_windows.batch(state.step, micro * world + rank) for micro in range(accumulation))
-            batches = ((x.to(accelerator.device), y.to(accelerator.device)) for x, y in batches)
+            batches = ((to_device(x), to_device(y)) for x, y in batches)
             lr = scheduler.get_last_lr()[0]
             loss, grad_norm = optimizer_step(accelerator, model, optimizer, batches, config.grad_clip)
             if accelerator.optimizer_step_was_skipped:
@@ -919,6 +931,13 @@ def _device_name(accelerator: Accelerator) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"{device.type} ({torch.get_num_threads()} threads)"
+
+
+def _peak_memory(device: torch.device) -> dict[str, float]:
+    """The accelerator memory high-water mark of this process, for training_results.json (none on a CPU)."""
+    if device.type == "cuda":
+        return {"peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 3)}
+    return {}
 
 
 def _precision_name(precision: str) -> str:
