@@ -2,7 +2,7 @@
 """Evaluate a trained model: loss, perplexity and bits per byte on held-out text, plus sampled-story quality.
 
     python scripts/evaluate.py --model runs/cpu-demo/final --data data/sample
-    python scripts/evaluate.py --model runs/cpu-demo/final --data /work/shared/data/tinystories/valid.txt --json eval.json
+    python scripts/evaluate.py --model runs/cpu-demo/final --data stories_valid.txt --json eval.json
 
 --data is a data folder (its val.bin, scored in non-overlapping windows of the model's context) or a raw
 TinyStories .txt / .jsonl file (tokenized with the model's own tokenizer, each story scored on its own).
@@ -43,7 +43,8 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     if not Path(args.data).exists():
-        raise SLMError(f"--data {args.data} does not exist; pass a data folder (with meta.json) or a .txt / .jsonl file")
+        raise SLMError(f"--data {args.data} does not exist; pass a data folder (with meta.json) or a .txt / .jsonl "
+                       f"file")
     model, tokenizer = load_pretrained(args.model, device=args.device, revision=args.revision,
                                        trust_remote_code=args.trust_remote_code)
     result = {"model": args.model}

@@ -17,6 +17,7 @@ Prompts. Every story in the training data follows an `<|endoftext|>` token, so a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Iterable, Iterator
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase, TextStreamer
+from transformers.utils import logging as transformers_logging
 
 from .errors import SLMError
 from .tokenization import load_tokenizer
@@ -53,17 +55,20 @@ class GenerationSettings:
     num_return_sequences: int = 1
 
     def __post_init__(self):
-        def check(ok: bool, message: str):
+        rules = [
+            ("max_new_tokens", _is_int(self.max_new_tokens) and self.max_new_tokens >= 1, "a positive integer"),
+            ("temperature", _is_number(self.temperature) and self.temperature >= 0, ">= 0 (0 = greedy)"),
+            ("top_k", _is_int(self.top_k) and self.top_k >= 0, "an integer >= 0 (0 = no top-k filter)"),
+            ("top_p", _is_number(self.top_p) and 0 < self.top_p <= 1, "in (0, 1] (1 = no nucleus filter)"),
+            ("repetition_penalty", _is_number(self.repetition_penalty) and self.repetition_penalty > 0,
+             "> 0 (1 = none)"),
+            ("seed", self.seed is None or _is_int(self.seed), "an integer or None"),
+            ("num_return_sequences", _is_int(self.num_return_sequences) and self.num_return_sequences >= 1,
+             "a positive integer"),
+        ]
+        for name, ok, rule in rules:
             if not ok:
-                raise SLMError(message)
-
-        check(_is_int(self.max_new_tokens) and self.max_new_tokens >= 1, f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
-        check(_is_number(self.temperature) and self.temperature >= 0, f"temperature must be >= 0 (0 = greedy), got {self.temperature!r}")
-        check(_is_int(self.top_k) and self.top_k >= 0, f"top_k must be an integer >= 0 (0 = no top-k filter), got {self.top_k!r}")
-        check(_is_number(self.top_p) and 0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p!r}")
-        check(_is_number(self.repetition_penalty) and self.repetition_penalty > 0, f"repetition_penalty must be > 0 (1 = none), got {self.repetition_penalty!r}")
-        check(self.seed is None or _is_int(self.seed), f"seed must be an integer or None, got {self.seed!r}")
-        check(_is_int(self.num_return_sequences) and self.num_return_sequences >= 1, f"num_return_sequences must be a positive integer, got {self.num_return_sequences!r}")
+                raise SLMError(f"{name} must be {rule}, got {getattr(self, name)!r}")
 
     def generate_kwargs(self, tokenizer: PreTrainedTokenizerBase) -> dict:
         """The keyword arguments of `model.generate()` for these settings (every sampling knob set explicitly)."""
@@ -77,8 +82,8 @@ class GenerationSettings:
         )
         if sampling:
             kwargs.update(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
-        else:  # greedy: neutral values, so that the model's generation_config defaults do not warn or interfere
-            kwargs.update(temperature=1.0, top_k=0, top_p=1.0)
+        else:  # greedy: unset the sampling knobs a model's generation_config may carry (they would warn)
+            kwargs.update(temperature=None, top_k=None, top_p=None)
         return kwargs
 
     def to_dict(self) -> dict:
@@ -127,7 +132,8 @@ def load_pretrained(
         raise SLMError(f"model folder {name} does not exist")
     kwargs = dict(revision=revision, trust_remote_code=trust_remote_code)
     try:
-        model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+        with _quiet_progress_bars():  # a small model loads in a blink: no "Loading weights" bar
+            model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
     except (OSError, ValueError) as error:
         hint = "" if local.exists() else " (not a local folder; as a Hub id it needs network access or the cache)"
         raise SLMError(f"cannot load the model {name!r}{hint}: {_first_line(error)}") from error
@@ -291,6 +297,17 @@ def read_prompts(stream) -> Iterator[str]:
         line = line.rstrip("\n")
         if line.strip():
             yield line
+
+
+@contextlib.contextmanager
+def _quiet_progress_bars():
+    enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            transformers_logging.enable_progress_bar()
 
 
 def _first_line(error: BaseException) -> str:

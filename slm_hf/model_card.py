@@ -198,7 +198,7 @@ def _results_section(results: dict | None) -> dict | None:
     val_tokens = data.get("val_tokens")
     dataset = f"the validation split of {_dataset_name(results)}"
     if val_tokens:
-        dataset += f" ({val_tokens:,} tokens)"
+        dataset += f", {val_tokens:,} tokens"
     return {
         "loss": _number(results.get("val/loss"), 4),
         "perplexity": _number(results.get("val/perplexity"), 2),

@@ -178,8 +178,10 @@ def test_a_story_streams_into_the_page(browser, app_url):
 
 def test_an_example_prompt_and_an_over_long_prompt_in_the_page(browser, app_url):
     page = _open(browser, app_url)
+    from playwright.sync_api import expect
+
     page.get_by_text("The big red ball rolled down the hill.").first.click()
-    assert page.locator("#prompt textarea").input_value() == "The big red ball rolled down the hill."
+    expect(page.locator("#prompt textarea")).to_have_value("The big red ball rolled down the hill.", timeout=15_000)
     page.locator("#prompt textarea").fill("Lily had a ball. " * 60)
     page.locator("#tell").click()
     (message,) = [value for value in _wait_until_settled(page, 20) if value]

@@ -45,7 +45,8 @@ def test_card_numbers_come_from_the_folders_files(final, card_text):
         "bits_per_byte": round(results["val/bits_per_byte"], 4),
     }
     body = card.text
-    assert f"| {results['val/loss']:.4f} | {results['val/perplexity']:.2f} | {results['val/bits_per_byte']:.4f} |" in body
+    headline = f"| {results['val/loss']:.4f} | {results['val/perplexity']:.2f} | {results['val/bits_per_byte']:.4f} |"
+    assert headline in body
     assert f"| Layers | {config['num_hidden_layers']} |" in body
     assert f"| Hidden size | {config['hidden_size']} |" in body
     assert f"| Context | {config['max_position_embeddings']} tokens |" in body
