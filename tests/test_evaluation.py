@@ -4,6 +4,7 @@ evaluation and between the data-folder and raw-text paths, story-quality measure
 import io
 import json
 import math
+import shutil
 import subprocess
 import sys
 
@@ -207,9 +208,9 @@ def test_generation_stays_inside_the_context(loaded):
 
 
 # --------------------------------------------------------------------------------------------------- scripts
-def _script(name, *args, stdin=None):
+def _script(name, *args, stdin=None, env=None):
     return subprocess.run([sys.executable, str(REPO / "scripts" / name), *map(str, args)], input=stdin,
-                          capture_output=True, text=True, env=offline_env(), timeout=300)
+                          capture_output=True, text=True, env=offline_env(**(env or {})), timeout=300)
 
 
 def test_evaluate_script_reports_json_and_a_summary(run, tmp_path):
@@ -238,10 +239,25 @@ def test_streamed_stories_are_reproducible_with_a_seed(loaded):
     assert first.getvalue().startswith("Once upon a time") and first.getvalue().count("Once upon a time") >= 2
 
 
-def test_generate_script_streams_stories_for_prompts_from_stdin(run):
-    piped = _script("generate.py", "--model", run / "final", "--max-new-tokens", 5, stdin="Tom ran.\n\nLily sang.\n")
+def _as_hub_cache(final, hf_home, repo_id="someone/slm-test"):
+    """`final/` laid out as a Hub download in the cache under `hf_home`: loading `repo_id` offline then runs the
+    Hub-id code path for real (resolution through refs/main and snapshots/), no network needed."""
+    repo = hf_home / "hub" / ("models--" + repo_id.replace("/", "--"))
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(final, repo / "snapshots" / commit)
+    return repo_id
+
+
+def test_generate_script_streams_stories_for_prompts_from_stdin_from_a_hub_id(run, tmp_path):
+    repo_id = _as_hub_cache(run / "final", tmp_path)
+    piped = _script("generate.py", "--model", repo_id, "--max-new-tokens", 5, stdin="Tom ran.\n\nLily sang.\n",
+                    env={"HF_HOME": str(tmp_path)})
     assert piped.returncode == 0, piped.stderr
     assert piped.stdout.startswith("Tom ran.") and "\nLily sang." in piped.stdout
 
+    unknown = _script("generate.py", "--model", "someone/not-there", "--prompt", "x", env={"HF_HOME": str(tmp_path)})
+    assert unknown.returncode == 2 and unknown.stderr.strip().splitlines()[-1].startswith("error: cannot load")
     bad = _script("generate.py", "--model", run / "final", "--prompt", "x", "--top-p", 2)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: top_p")
