@@ -2,8 +2,8 @@
 
     model, tokenizer = load_pretrained("runs/cpu-demo/final")          # or "user/slm-tinystories"
     settings = GenerationSettings(max_new_tokens=200, temperature=0.8, top_k=50, seed=0)
-    for text in generate_stories(model, tokenizer, ["Once upon a time"], settings):
-        print(text)
+    stream_to_terminal(model, tokenizer, ["Once upon a time"], settings)    # prints as tokens arrive
+    (ids,) = generate_ids(model, tokenizer, "Once upon a time", settings)   # the new token ids
 
 Loading. `import slm_hf` registers the SLM classes with transformers' Auto classes, so our own folders load with
 the installed code and no `trust_remote_code`. Remote code (the `configuration_slm.py` / `modeling_slm.py` a folder
@@ -225,20 +225,6 @@ def generate_ids(
 def _cut_at_eos(ids: list[int], eos_token_id: int) -> list[int]:
     """Keep the tokens up to and including the first end-of-text (the padding after it goes)."""
     return ids[: ids.index(eos_token_id) + 1] if eos_token_id in ids else ids
-
-
-def generate_stories(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: Iterable[str],
-    settings: GenerationSettings,
-) -> list[str]:
-    """Prompt + continuation text of `settings.num_return_sequences` stories for each prompt, in order."""
-    stories = []
-    for prompt in prompts:
-        for ids in generate_ids(model, tokenizer, prompt, settings):
-            stories.append(prompt + tokenizer.decode(ids, skip_special_tokens=True))
-    return stories
 
 
 def stream_to_terminal(
