@@ -3,34 +3,44 @@
 Both models are built from random weights (speed does not depend on them) with the `small` preset's shape: width
 288, 6 layers, 6 heads, intermediate 768, vocabulary 4096, rotary + RMSNorm + SwiGLU, tied embeddings. Each
 measurement is greedy decoding of exactly `--new-tokens` tokens (no early stop) through the public `generate()` API,
-with an attention mask and a pad token id; batch 1 has one prompt, larger batches have left-padded prompts of
-different lengths. Every configuration is warmed up first, then the runs of all configurations are interleaved
-(so that load from other processes on a shared machine hits them alike) and the median is reported, with the ratio
-to Llama measured in the same run.
+with an attention mask and a pad token id; batch 1 has one 16-token prompt, larger batches have left-padded prompts
+of 8 to 16 tokens. Every configuration is warmed up first, then the runs of all configurations are interleaved (so
+that load from other processes on a shared machine hits them alike) and the median is reported, with the ratio to
+Llama fp32 measured in the same run.
+
+Configurations (`--variants`):
+    slm, llama               fp32 weights, transformers' default dynamic cache
+    slm-bf16, llama-bf16     the same models converted with `.to(torch.bfloat16)`
+    slm-int8                 SLM converted with `model.quantize_int8()` (bf16, int8 weights in the linear layers)
+    slm-compiled[-bf16|-int8] static cache + `torch.compile` of the decoding step, through generate()'s own
+                             `compile_config` (on a CPU this needs CompileConfig's `_compile_all_devices` flag)
 
     python bench/bench_generate.py                                   # 256 new tokens, batch 1 and 16
     python bench/bench_generate.py --new-tokens 32 --repeats 2       # a quick check
     python bench/bench_generate.py --profile                         # where the per-token time goes
+    python bench/bench_generate.py --accuracy runs/cpu-demo/final    # bf16 against fp32 on validation text
 """
 
 import argparse
+import copy
 import platform
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import CompileConfig, LlamaConfig, LlamaForCausalLM
 
 from slm_hf import SLMConfig, SLMForCausalLM
 
 PRESET = "small"
+VARIANTS = ["slm", "llama", "slm-bf16", "llama-bf16", "slm-int8", "slm-compiled", "slm-compiled-bf16",
+            "slm-compiled-int8"]
+DEFAULT_VARIANTS = ["slm", "llama", "slm-bf16", "llama-bf16", "slm-int8"]
 
 
-def build_models(preset: str = PRESET) -> dict[str, torch.nn.Module]:
-    config = SLMConfig.from_preset(preset)
-    torch.manual_seed(0)
-    slm = SLMForCausalLM(config).eval()
+def llama_like(config: SLMConfig) -> LlamaForCausalLM:
+    """transformers' Llama with the same shape as an SLM config (rotary, RMSNorm, SwiGLU, no biases, tied)."""
     llama_config = LlamaConfig(
         vocab_size=config.vocab_size,
         hidden_size=config.hidden_size,
@@ -46,9 +56,22 @@ def build_models(preset: str = PRESET) -> dict[str, torch.nn.Module]:
         eos_token_id=config.eos_token_id,
         pad_token_id=config.pad_token_id,
     )
+    return LlamaForCausalLM(llama_config)
+
+
+def build_models(variants: list[str], preset: str = PRESET) -> dict[str, torch.nn.Module]:
+    config = SLMConfig.from_preset(preset)
     torch.manual_seed(0)
-    llama = LlamaForCausalLM(llama_config).eval()
-    return {"slm": slm, "llama": llama}
+    base = {"slm": SLMForCausalLM(config).eval(), "llama": llama_like(config).eval()}
+    models = {}
+    for variant in variants:
+        model = base[variant.split("-")[0]]
+        if variant.endswith("bf16"):
+            model = copy.deepcopy(model).to(torch.bfloat16)
+        elif variant.endswith("int8"):
+            model = copy.deepcopy(model).quantize_int8()
+        models[variant] = model
+    return models
 
 
 def make_prompts(batch_size: int, vocab_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -64,16 +87,19 @@ def make_prompts(batch_size: int, vocab_size: int, seed: int = 0) -> dict[str, t
     return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
-def generate_fn(model: torch.nn.Module, prompts: dict, new_tokens: int, **generate_kwargs) -> Callable[[], torch.Tensor]:
+def generate_kwargs(variant: str) -> dict:
+    if "compiled" not in variant:
+        return {}
+    compile_config = CompileConfig(fullgraph=True, dynamic=False, mode="default")
+    compile_config._compile_all_devices = True  # generate() compiles only on accelerators unless told otherwise
+    return {"cache_implementation": "static", "compile_config": compile_config}
+
+
+def generate_fn(model: torch.nn.Module, prompts: dict, new_tokens: int, **kwargs) -> Callable[[], torch.Tensor]:
     def run() -> torch.Tensor:
+        # eos_token_id=None: no early stop, every row decodes exactly new_tokens tokens.
         out = model.generate(
-            **prompts,
-            max_new_tokens=new_tokens,
-            min_new_tokens=new_tokens,
-            do_sample=False,
-            eos_token_id=None,
-            pad_token_id=0,
-            **generate_kwargs,
+            **prompts, max_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0, **kwargs
         )
         assert out.shape[1] == prompts["input_ids"].shape[1] + new_tokens
         return out
@@ -81,42 +107,60 @@ def generate_fn(model: torch.nn.Module, prompts: dict, new_tokens: int, **genera
     return run
 
 
-def measure(runs: dict[str, Callable], repeats: int, tokens: int) -> dict[str, float]:
-    """Median tokens/s of each run; one warm-up call each, then `repeats` interleaved timed calls."""
+def measure(runs: dict[str, Callable], repeats: int, tokens: int) -> dict[str, tuple[float, float]]:
+    """(wall-clock, process CPU time) median tokens/s of each run: one warm-up call each, then `repeats` interleaved
+    timed calls. CPU time leaves out the time the process waited for a core (a noisy neighbour's doing)."""
     for run in runs.values():
         run()
-    times = {name: [] for name in runs}
+    wall = {name: [] for name in runs}
+    cpu = {name: [] for name in runs}
     for _ in range(repeats):
         for name, run in runs.items():
-            start = time.perf_counter()
+            wall_start, cpu_start = time.perf_counter(), time.process_time()
             run()
-            times[name].append(time.perf_counter() - start)
-    return {name: tokens / statistics.median(seconds) for name, seconds in times.items()}
+            wall[name].append(time.perf_counter() - wall_start)
+            cpu[name].append(time.process_time() - cpu_start)
+    return {name: (tokens / statistics.median(wall[name]), tokens / statistics.median(cpu[name])) for name in runs}
 
 
 def benchmark(args) -> None:
-    models = build_models()
-    vocab_size = models["slm"].config.vocab_size
-    print(f"# generate() tokens/s: {args.new_tokens} new tokens, greedy, median of {args.repeats} runs")
-    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
-    print(f"# parameters: slm {sum(p.numel() for p in models['slm'].parameters()):,}, "
-          f"llama {sum(p.numel() for p in models['llama'].parameters()):,}")
-    print("| batch | model | tokens/s | vs llama |")
-    print("|---|---|---|---|")
+    models = build_models(args.variants)
+    vocab_size = SLMConfig.from_preset(PRESET).vocab_size
+    reference = "llama" if "llama" in models else args.variants[0]
+    print(f"# generate() tokens/s: {args.new_tokens} new tokens, greedy, median of {args.repeats} interleaved runs")
+    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}, "
+          f"{sum(p.numel() for p in next(iter(models.values())).parameters()):,} parameters")
+    print(f"| batch | model | tokens/s | vs {reference} | tokens/s (CPU time) | vs {reference} (CPU time) |")
+    print("|---|---|---|---|---|---|")
     for batch_size in args.batch_sizes:
         prompts = make_prompts(batch_size, vocab_size)
-        runs = {name: generate_fn(model, prompts, args.new_tokens) for name, model in models.items()}
+        runs = {name: generate_fn(model, prompts, args.new_tokens, **generate_kwargs(name))
+                for name, model in models.items()}
         rates = measure(runs, args.repeats, batch_size * args.new_tokens)
-        for name, rate in rates.items():
-            print(f"| {batch_size} | {name} | {rate:,.0f} | {rate / rates['llama']:.2f}x |", flush=True)
+        wall_ref, cpu_ref = rates[reference]
+        for name, (wall, cpu) in rates.items():
+            print(f"| {batch_size} | {name} | {wall:,.0f} | {wall / wall_ref:.2f}x | {cpu:,.0f} | {cpu / cpu_ref:.2f}x |",
+                  flush=True)
 
 
 def profile(args) -> None:
-    """Split per-token time into the model's forward and generate()'s own work, then list the forward's ops."""
-    model = build_models()["slm"]
-    prompts = make_prompts(1, model.config.vocab_size)
-    run = generate_fn(model, prompts, args.new_tokens)
+    """Split per-token time into the model's forward and generate()'s own work, then list the ops."""
+    variant = args.variants[0]
+    model = build_models([variant])[variant]
+    prompts = make_prompts(args.batch_sizes[0], model.config.vocab_size)
+    run = generate_fn(model, prompts, args.new_tokens, **generate_kwargs(variant))
     run()
+    print(f"# {variant}, batch {args.batch_sizes[0]}, {args.new_tokens} new tokens, {torch.get_num_threads()} threads")
+    if "compiled" not in variant:  # hooks on a compiled model would be traced into its graph
+        split_time(model, run, args.new_tokens)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        run()
+    print(f"# torch.profiler, one generate() of {args.new_tokens} tokens, ops by self CPU time")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile_rows))
+
+
+def split_time(model: torch.nn.Module, run: Callable, new_tokens: int) -> None:
+    """Time of each model forward (hooks) against the whole generate() call."""
     forward_seconds = []
 
     def start(module, args, kwargs):
@@ -133,16 +177,46 @@ def profile(args) -> None:
     for handle in handles:
         handle.remove()
     steps = len(forward_seconds)
-    decode = statistics.median(forward_seconds[1:])
-    print(f"# batch 1, {args.new_tokens} new tokens, {torch.get_num_threads()} threads")
-    print(f"per token: {1e3 * total / args.new_tokens:.2f} ms total, {1e3 * decode:.2f} ms model forward (median "
-          f"decode step), {1e3 * (total - sum(forward_seconds)) / steps:.2f} ms generate() outside the model")
+    print(f"per step: {1e3 * total / new_tokens:.2f} ms total, {1e3 * statistics.median(forward_seconds[1:]):.2f} "
+          f"ms model forward (median decoding step), {1e3 * (total - sum(forward_seconds)) / steps:.2f} ms in "
+          f"generate() outside the model")
 
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        run()
-    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile_rows)
-    print(f"# torch.profiler, one generate() of {args.new_tokens} tokens, ops by self CPU time")
-    print(table)
+
+def accuracy(args) -> None:
+    """How far the bf16 and int8 copies of a trained model are from fp32, on the shipped validation stories: loss,
+    next-token agreement and KL divergence (teacher forcing), and how long greedy continuations stay identical."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from slm_hf.data import SAMPLE_DIR, SAMPLE_FILES, read_stories
+
+    fp32 = AutoModelForCausalLM.from_pretrained(args.accuracy).eval()
+    tokenizer = AutoTokenizer.from_pretrained(args.accuracy)
+    stories = read_stories(SAMPLE_DIR / SAMPLE_FILES["val"])[: args.accuracy_stories]
+    windows = [tokenizer(story, return_tensors="pt").input_ids[:, : fp32.config.max_position_embeddings]
+               for story in stories]
+    prompts = [window[:, :8] for window in windows[:8]]
+    reference_logits = [fp32(ids).logits.float().log_softmax(-1) for ids in windows]
+    reference_texts = [generate_fn(fp32, {"input_ids": prompt}, 128)()[0, 8:] for prompt in prompts]
+    tokens = sum(ids.numel() for ids in windows)
+    print(f"# {args.accuracy}: {len(stories)} validation stories, {tokens:,} tokens")
+    print("| weights | val loss | next-token agreement with fp32 | mean KL(fp32 \\|\\| x) | greedy tokens identical "
+          "to fp32 (8 prompts, of 128) |")
+    print("|---|---|---|---|---|")
+    for name in ("fp32", "bf16", "int8"):
+        model = copy.deepcopy(fp32)
+        model = {"fp32": model, "bf16": model.to(torch.bfloat16), "int8": model.quantize_int8()}[name]
+        loss = agree = kl = 0.0
+        for ids, p in zip(windows, reference_logits):
+            q = model(ids).logits.float().log_softmax(-1)
+            loss -= q[0, :-1].gather(-1, ids[0, 1:, None]).sum().item()
+            agree += (p.argmax(-1) == q.argmax(-1)).sum().item()
+            kl += (p.exp() * (p - q)).sum().item()
+        same = []
+        for prompt, reference in zip(prompts, reference_texts):
+            differ = (generate_fn(model, {"input_ids": prompt}, 128)()[0, 8:] != reference).nonzero()
+            same.append(len(reference) if len(differ) == 0 else int(differ[0]))
+        predicted = tokens - len(windows)
+        print(f"| {name} | {loss / predicted:.4f} | {agree / tokens:.2%} | {kl / tokens:.1e} | {same} |")
 
 
 def main():
@@ -150,14 +224,23 @@ def main():
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=DEFAULT_VARIANTS)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    parser.add_argument("--profile", action="store_true", help="profile SLM at batch 1 instead of benchmarking")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile the first variant at the first batch size instead of benchmarking")
     parser.add_argument("--profile-rows", type=int, default=25)
+    parser.add_argument("--accuracy", metavar="MODEL_DIR", help="compare bf16 with fp32 for this trained model")
+    parser.add_argument("--accuracy-stories", type=int, default=50)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     with torch.inference_mode():
-        profile(args) if args.profile else benchmark(args)
+        if args.accuracy:
+            accuracy(args)
+        elif args.profile:
+            profile(args)
+        else:
+            benchmark(args)
 
 
 if __name__ == "__main__":

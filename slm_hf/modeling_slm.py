@@ -211,6 +211,36 @@ class SLMMLP(nn.Module):
         return self.down_proj(F.gelu(self.up_proj(hidden_states), approximate="tanh"))
 
 
+# ---------------------------------------------------------------------------------------- int8 inference
+class SLMInt8Linear(nn.Module):
+    """Inference-only stand-in for an `nn.Linear`: int8 weights with one scale per output row, bf16 activations.
+
+    At batch size 1 a decoding step reads every weight once for a few multiply-adds each, so its time is memory
+    traffic: int8 weights are 4x fewer bytes than fp32 (and fit a CPU's last-level cache). On a CPU the product runs
+    in one kernel (`torch._weight_int8pack_mm`, which needs `in_features` to be a multiple of 16: it returns wrong
+    numbers or crashes otherwise); elsewhere the weight is dequantized on the fly.
+    """
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        weight = linear.weight.detach().float()
+        scales = weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+        self.register_buffer("weight_int8", torch.round(weight / scales[:, None]).to(torch.int8))
+        self.register_buffer("scales", scales.to(torch.bfloat16))
+        bias = None if linear.bias is None else linear.bias.detach().to(torch.bfloat16)
+        self.register_buffer("bias", bias)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.use_kernel = self.in_features % 16 == 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and self.use_kernel:
+            output = torch._weight_int8pack_mm(x.reshape(-1, self.in_features), self.weight_int8, self.scales)
+            output = output.view(*x.shape[:-1], self.out_features)
+        else:
+            output = F.linear(x, self.weight_int8.to(x.dtype) * self.scales[:, None].to(x.dtype))
+        return output if self.bias is None else output + self.bias
+
+
 # ------------------------------------------------------------------------------------------------- block
 class SLMDecoderLayer(GradientCheckpointingLayer):
     """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)), with dropout on each branch."""
@@ -254,6 +284,14 @@ class SLMPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _can_compile_fullgraph = True
+
+    def save_pretrained(self, *args, **kwargs):
+        if any(isinstance(module, SLMInt8Linear) for module in self.modules()):
+            raise ValueError(
+                "This model was converted with quantize_int8() for inference and cannot be saved: save (or push) the "
+                "model before converting it, and convert it again after loading."
+            )
+        return super().save_pretrained(*args, **kwargs)
 
     def _init_weights(self, module: nn.Module):
         """GPT-2 initialisation: N(0, initializer_range), residual projections scaled by 1/sqrt(2 * layers)."""
@@ -389,6 +427,20 @@ class SLMForCausalLM(SLMPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
+    @torch.no_grad()
+    def quantize_int8(self) -> "SLMForCausalLM":
+        """Convert this model, in place, for fast CPU inference: bf16, with int8 weights in every linear layer.
+
+        The fastest way to run `generate()` on a CPU at small batch sizes (see BENCHMARKS.md, with its accuracy
+        against fp32). Inference only: the converted model cannot be trained or saved.
+        """
+        self.to(torch.bfloat16).eval()
+        linears = [(parent, name, child) for parent in self.modules() for name, child in parent.named_children()
+                   if isinstance(child, nn.Linear)]
+        for parent, name, child in linears:
+            setattr(parent, name, SLMInt8Linear(child))
+        return self
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -430,4 +482,4 @@ class SLMForCausalLM(SLMPreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache)
 
 
-__all__ = ["SLMPreTrainedModel", "SLMModel", "SLMForCausalLM"]
+__all__ = ["SLMPreTrainedModel", "SLMModel", "SLMForCausalLM", "SLMInt8Linear"]

@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +15,6 @@ from transformers.cache_utils import DynamicCache
 from slm_hf import SLMConfig, SLMForCausalLM, SLMModel
 from slm_hf.tokenization import save_tokenizer, train_tokenizer
 
-STORIES = Path("/work/shared/data/tinystories/train.txt")
 POSITIONS = ["rope", "learned"]
 
 
@@ -45,9 +43,8 @@ def left_pad(rows: list[torch.Tensor], pad_id: int = 0) -> tuple[torch.Tensor, t
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    stories = STORIES.read_text(encoding="utf-8").split("<|endoftext|>")[:300]
-    return train_tokenizer(stories, vocab_size=512, show_progress=False)
+def tokenizer(sample_stories):
+    return train_tokenizer(sample_stories["train"][:300], vocab_size=512, show_progress=False)
 
 
 # ------------------------------------------------------------------------------------------------ generation
@@ -237,6 +234,30 @@ def test_bf16_copy_generates_with_dynamic_and_static_caches():
     static = greedy(model, input_ids, attention_mask=attention_mask, pad_token_id=0, cache_implementation="static")
     assert dynamic.shape == (2, 9 + 24)
     assert torch.equal(dynamic, static)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, dict(hidden_size=36, num_attention_heads=6, num_key_value_heads=3, intermediate_size=50)],
+    ids=["cpu-kernel", "widths-not-multiple-of-16"],
+)
+def test_int8_inference_copy_generates_like_the_model_and_cannot_be_saved(tmp_path, overrides):
+    model = make_model(seed=4, **overrides)
+    input_ids, attention_mask = left_pad([random_ids(10, seed=9), random_ids(6, seed=10)])
+    with torch.no_grad():
+        reference = model(input_ids, attention_mask=attention_mask).logits
+        model.quantize_int8()
+        logits = model(input_ids, attention_mask=attention_mask).logits.float()
+    assert model.model.layers[0].self_attn.qkv_proj.weight_int8.dtype == torch.int8
+    real = attention_mask.bool()
+    assert (logits[real] - reference[real]).abs().max() < 0.1 * reference.std()
+    assert (logits[real].argmax(-1) == reference[real].argmax(-1)).float().mean() > 0.9
+    batch = greedy(model, input_ids, attention_mask=attention_mask, pad_token_id=0)
+    assert torch.equal(batch, greedy(model, input_ids, attention_mask=attention_mask, pad_token_id=0, use_cache=False))
+    alone = greedy(model, input_ids[1:, 4:])
+    assert torch.equal(batch[1, 4:], alone[0])
+    with pytest.raises(ValueError, match="quantize_int8"):
+        model.save_pretrained(tmp_path)
 
 
 # ------------------------------------------------------------------------------------------------ bad input
