@@ -499,11 +499,15 @@ def train(
     # (Accelerator reads ACCELERATE_USE_CPU itself, PartialState does not: without it, torchrun on a machine
     # without GPUs would start independent single processes.)
     distributed = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    checkpoint = _plan_output(out_dir, resume, overwrite, config, data_summary, distributed)
     precision = [None]
     if distributed.is_main_process:
         try:
+            requested = config.mixed_precision
+            if requested == "auto" and checkpoint is not None:  # go on as the run started (exact resume)
+                requested = read_checkpoint(checkpoint)[0].precision
             tokens = config.batch_size * config.block_size
-            precision = [resolve_precision(config.mixed_precision, distributed.device, model_config, tokens)]
+            precision = [resolve_precision(requested, distributed.device, model_config, tokens)]
         except SLMError as error:
             precision = [error]
     broadcast_object_list(precision)  # every process must use the same precision (or fail alike)
@@ -512,7 +516,7 @@ def train(
     precision = precision[0]
     config = replace(config, mixed_precision=precision)
     _check_tracker(config.report_to)
-    checkpoint = _plan_output(out_dir, resume, overwrite, config, data_summary, distributed)
+    _prepare_output_dir(out_dir, overwrite, distributed)
 
     accelerator = Accelerator(
         mixed_precision=precision,
@@ -725,9 +729,11 @@ def train(
         accelerator.end_training()
         return TrainingOutcome(out_dir, out_dir / "final", state.step)
 
-    # With a time budget, max_steps is fitted once warmup is over (the schedule up to there does not depend on it).
+    # With a time budget, max_steps is fitted to the speed of the first steps. The learning rate depends on
+    # max_steps only after warmup, so fitting it during warmup changes nothing before (and resuming stays exact:
+    # the fitted value is saved with every checkpoint).
     budget = config.max_minutes * 60 if config.max_minutes else None
-    fit_budget_at = max(math.ceil(config.warmup_steps), 10)
+    fit_budget_at = 10
     speed_from: tuple[int, float] | None = None  # (step, time) from which the step time is measured
     interrupted = None
     model.train()
@@ -763,6 +769,9 @@ def train(
                     state.budget_fixed = True
                     bar.total = state.max_steps
                     log(f"time budget {config.max_minutes:g} min: training to step {state.max_steps}")
+                    if state.max_steps < 2 * config.warmup_steps:
+                        log(f"warning: warmup ({config.warmup_steps:g} steps) takes most of the budget; "
+                            f"lower warmup_steps or raise max_minutes")
             if speed_from is None and state.step >= min(2, state.max_steps):
                 speed_from = (state.step, time.perf_counter())  # the first steps are slow (warm-up)
 
@@ -812,11 +821,11 @@ def train(
 def _fit_budget(step: int, config: TrainingConfig, seconds_left: float, step_time: float, eval_time: float) -> int:
     """The last step that fits in `seconds_left`, given the measured time of a step and of an evaluation.
 
-    Each remaining step costs its own time plus its share of the evaluations; the end costs about two more
-    evaluations' time (the final evaluation, and the model folders).
+    Each remaining step costs its own time plus its share of the evaluations, and the last step is followed by a
+    final evaluation. (Writing the model folders and their cards comes after the budget.)
     """
     per_step = step_time + eval_time / config.eval_interval
-    return max(step, min(config.max_steps, step + int((seconds_left - 2 * eval_time) / per_step)))
+    return max(step, min(config.max_steps, step + int((seconds_left - eval_time) / per_step)))
 
 
 def _plan_output(
@@ -827,10 +836,9 @@ def _plan_output(
     data_summary: dict[str, Any],
     distributed: PartialState,
 ) -> Path | None:
-    """Check the output folder; return the checkpoint to resume from (or None to start afresh)."""
+    """Check the output folder, writing nothing; return the checkpoint to resume from (or None to start afresh)."""
     if resume and overwrite:
         raise SLMError("--resume and --overwrite contradict each other: choose one")
-    _check_writable(out_dir)
     existing = [name for name in RUN_OUTPUTS if (out_dir / name).exists()]
     checkpoint = None
     if resume == "auto":
@@ -868,15 +876,11 @@ def _plan_output(
                 f"{checkpoint} belongs to a different run ({'; '.join(differences)}); use the same config and "
                 f"data to resume, or --overwrite / another --out to start a new run"
             )
-    elif overwrite and distributed.is_main_process:
-        for name in existing:
-            path = out_dir / name
-            _remove_dir(path) if path.is_dir() else path.unlink()
-    distributed.wait_for_everyone()
     return checkpoint
 
 
-def _check_writable(out_dir: Path) -> None:
+def _prepare_output_dir(out_dir: Path, overwrite: bool, distributed: PartialState) -> None:
+    """Create the output folder (refusing one that cannot be written) and, with `overwrite`, clear a run's outputs."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         probe = out_dir / f".write-test-{os.getpid()}"
@@ -884,6 +888,14 @@ def _check_writable(out_dir: Path) -> None:
         probe.unlink()
     except OSError as error:
         raise SLMError(f"cannot write to the output folder {out_dir}: {error.strerror or error}") from error
+    if overwrite and distributed.is_main_process:
+        for name in RUN_OUTPUTS:
+            path = out_dir / name
+            if path.is_dir():
+                _remove_dir(path)
+            elif path.exists():
+                path.unlink()
+    distributed.wait_for_everyone()
 
 
 def _check_tracker(report_to: str) -> None:

@@ -173,6 +173,27 @@ def test_final_folder_is_hub_ready_loads_and_generates(reference):
     assert story.startswith("Once upon a time") and len(story) > len("Once upon a time")
 
 
+def test_time_budget_fits_the_schedule_then_overwrite_replaces_the_run(data_dir, tmp_path):
+    out = tmp_path / "budget"
+    budget = ["max_minutes=0.1", "max_steps=100000", "warmup_steps=2", "eval_interval=100000", "save_interval=100000"]
+    result = run_train(data_dir, out, *budget)
+    results = json.loads((out / "final" / "training_results.json").read_text())
+    assert "time budget 0.1 min: training to step" in result.stdout
+    fitted = int(result.stdout.split("training to step ")[1].split()[0])
+    assert 10 < results["step"] <= fitted < 100000
+    train, val = step_losses(out)
+    assert sorted(val) == [10, results["step"]]  # the speed check at step 10 and the end
+    assert results["wall_time_s"] < 6 * 2  # the 6 s budget, with room for a busy machine
+    lr = [json.loads(line).get("lr") for line in (out / "metrics.jsonl").read_text().splitlines()]
+    # The schedule ends at (or, if the machine slowed down and the budget cut the run short, near) min_lr.
+    assert [x for x in lr if x is not None][-1] == pytest.approx(3e-4, rel=0.1)
+
+    run_train(data_dir, out, "--overwrite", "max_steps=20")  # the earlier run's outputs go, a new run comes
+    assert sorted(step_losses(out)[0]) == list(range(1, 21))
+    assert [path.name for path in list_checkpoints(out)] == ["step_0000010", "step_0000020"]
+    assert json.loads((out / "final" / "training_results.json").read_text())["step"] == 20
+
+
 # ----------------------------------------------------------------------------------- interrupt and resume
 def test_sigkill_mid_run_then_resume_repeats_the_losses_exactly(data_dir, reference, tmp_path):
     out = tmp_path / "killed"
