@@ -202,9 +202,10 @@ def accuracy(args) -> None:
     print("| weights | val loss | next-token agreement with fp32 | mean KL(fp32 \\|\\| x) | greedy tokens identical "
           "to fp32 (8 prompts, of 128) |")
     print("|---|---|---|---|---|")
-    for name in ("fp32", "bf16", "int8"):
-        model = copy.deepcopy(fp32)
-        model = {"fp32": model, "bf16": model.to(torch.bfloat16), "int8": model.quantize_int8()}[name]
+    conversions = {"fp32": lambda model: model, "bf16": lambda model: model.to(torch.bfloat16),
+                   "int8": lambda model: model.quantize_int8()}
+    for name, convert in conversions.items():
+        model = convert(copy.deepcopy(fp32))
         loss = agree = kl = 0.0
         for ids, p in zip(windows, reference_logits):
             q = model(ids).logits.float().log_softmax(-1)

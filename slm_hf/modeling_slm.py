@@ -213,12 +213,13 @@ class SLMMLP(nn.Module):
 
 # ---------------------------------------------------------------------------------------- int8 inference
 class SLMInt8Linear(nn.Module):
-    """Inference-only stand-in for an `nn.Linear`: int8 weights with one scale per output row, bf16 activations.
+    """Inference-only stand-in for an `nn.Linear`: int8 weights with one scale per output row.
 
     At batch size 1 a decoding step reads every weight once for a few multiply-adds each, so its time is memory
     traffic: int8 weights are 4x fewer bytes than fp32 (and fit a CPU's last-level cache). On a CPU the product runs
-    in one kernel (`torch._weight_int8pack_mm`, which needs `in_features` to be a multiple of 16: it returns wrong
-    numbers or crashes otherwise); elsewhere the weight is dequantized on the fly.
+    in one kernel, `torch._weight_int8pack_mm`, on bf16 activations (the input is cast to bf16 and the output back to
+    the input's dtype; the kernel needs `in_features` to be a multiple of 16, it computes wrong numbers otherwise).
+    Elsewhere the weight is dequantized on the fly.
     """
 
     def __init__(self, linear: nn.Linear):
@@ -227,14 +228,14 @@ class SLMInt8Linear(nn.Module):
         scales = weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0
         self.register_buffer("weight_int8", torch.round(weight / scales[:, None]).to(torch.int8))
         self.register_buffer("scales", scales.to(torch.bfloat16))
-        bias = None if linear.bias is None else linear.bias.detach().to(torch.bfloat16)
-        self.register_buffer("bias", bias)
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.use_kernel = self.in_features % 16 == 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type == "cpu" and self.use_kernel:
-            output = torch._weight_int8pack_mm(x.reshape(-1, self.in_features), self.weight_int8, self.scales)
+            flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
+            output = torch._weight_int8pack_mm(flat, self.weight_int8, self.scales).to(x.dtype)
             output = output.view(*x.shape[:-1], self.out_features)
         else:
             output = F.linear(x, self.weight_int8.to(x.dtype) * self.scales[:, None].to(x.dtype))
@@ -429,12 +430,13 @@ class SLMForCausalLM(SLMPreTrainedModel, GenerationMixin):
 
     @torch.no_grad()
     def quantize_int8(self) -> "SLMForCausalLM":
-        """Convert this model, in place, for fast CPU inference: bf16, with int8 weights in every linear layer.
+        """Convert this model, in place, for fast CPU inference: int8 weights in every linear layer (the attention and
+        feed-forward projections and the language-model head); embeddings, norms and activations keep their dtype.
 
-        The fastest way to run `generate()` on a CPU at small batch sizes (see BENCHMARKS.md, with its accuracy
-        against fp32). Inference only: the converted model cannot be trained or saved.
+        The fastest way to run `generate()` on a CPU (see BENCHMARKS.md, also for its accuracy against fp32).
+        Inference only: the converted model cannot be trained or saved.
         """
-        self.to(torch.bfloat16).eval()
+        self.eval()
         linears = [(parent, name, child) for parent in self.modules() for name, child in parent.named_children()
                    if isinstance(child, nn.Linear)]
         for parent, name, child in linears:

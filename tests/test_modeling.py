@@ -260,6 +260,20 @@ def test_int8_inference_copy_generates_like_the_model_and_cannot_be_saved(tmp_pa
         model.save_pretrained(tmp_path)
 
 
+def test_compiled_static_cache_decoding_of_the_int8_copy_matches_eager():
+    """The fastest CPU recipe (BENCHMARKS.md): int8 weights, static cache, decoding step compiled by generate()."""
+    from transformers import CompileConfig
+
+    model = make_model(seed=5).quantize_int8()
+    input_ids, attention_mask = left_pad([random_ids(7, seed=11), random_ids(4, seed=12)])
+    eager = greedy(model, input_ids, attention_mask=attention_mask, pad_token_id=0)
+    compile_config = CompileConfig(fullgraph=True, dynamic=False)  # fullgraph: a graph break fails the test
+    compile_config._compile_all_devices = True
+    compiled = greedy(model, input_ids, attention_mask=attention_mask, pad_token_id=0,
+                      cache_implementation="static", compile_config=compile_config)
+    assert torch.equal(compiled, eager)
+
+
 # ------------------------------------------------------------------------------------------------ bad input
 def test_too_long_input_with_learned_positions_is_a_value_error():
     model = make_model(position_embedding_type="learned", max_position_embeddings=16)
