@@ -45,54 +45,34 @@ def build_norm(config: SLMConfig) -> nn.Module:
 
 # ----------------------------------------------------------------------------------------------- positions
 class SLMRotaryEmbedding(nn.Module):
-    """Rotary position embedding: a table of every position's rotation (cos and sin), looked up by position id.
+    """Rotary position embedding: the cos and sin of each position's rotation angles, for `apply_rotary`.
 
-    The table covers `max_position_embeddings` positions and grows when a longer sequence comes (rotary positions
-    have no hard limit). It is computed in fp32, once, instead of at every forward: on a CPU the decoding step is
-    short enough that recomputing the angles would be a visible share of it.
+    The angles are computed in fp32 at every forward, from nothing stored: a frequency buffer would be rounded by
+    `model.to(torch.bfloat16)`, and rounding the frequencies to bf16 shifts the angles of late positions by tenths
+    of a radian.
     """
 
     def __init__(self, config: SLMConfig):
         super().__init__()
         self.head_dim = config.head_dim
         self.theta = config.rope_theta
-        self.register_buffer("cos_sin", self.compute_table(config.max_position_embeddings), persistent=False)
-
-    def compute_table(self, length: int, device: torch.device | None = None) -> torch.Tensor:
-        """(length, 2 * head_dim): each position's cos, then its sin with `rotate_half`'s signs (see `apply_rotary`)."""
-        exponents = torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=device) / self.head_dim
-        inv_freq = 1.0 / (self.theta**exponents)
-        angles = torch.outer(torch.arange(length, dtype=torch.float32, device=device), inv_freq)
-        cos, sin = angles.cos(), angles.sin()
-        return torch.cat((cos, cos, -sin, sin), dim=-1)
 
     @torch.no_grad()
-    def forward(self, position_ids: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin of shape (batch, seq, 1, head_dim) for `position_ids`, usually < `length` (keys attended to)."""
-        if length > self.cos_sin.shape[0]:
-            self.grow(length)
-        if position_ids.device.type == "cpu" and not torch.compiler.is_compiling():
-            try:
-                table = F.embedding(position_ids, self.cos_sin)
-            except IndexError:  # explicit position ids beyond the sequence: rare, and checking them costs a sync
-                self.grow(int(position_ids.max()) + 1)
-                table = F.embedding(position_ids, self.cos_sin)
-        else:
-            table = F.embedding(position_ids, self.cos_sin)
-        cos, sin = table.unsqueeze(2).chunk(2, dim=-1)
-        return cos, sin
-
-    def grow(self, length: int):
-        """Extend the table to at least `length` positions (doubling, so that growth is rare)."""
-        table = self.compute_table(max(length, 2 * self.cos_sin.shape[0]), device=self.cos_sin.device)
-        self.cos_sin = table.to(self.cos_sin.dtype)
+    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin of shape (batch, seq, 1, head_dim), to broadcast over the heads; sin carries the signs of
+        `rotate_half` (see `apply_rotary`)."""
+        exponents = torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=position_ids.device) / self.head_dim
+        angles = position_ids[..., None].float() / self.theta**exponents  # (batch, seq, head_dim / 2)
+        cos, sin = angles.cos(), angles.sin()
+        cos, sin = torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)
+        return cos.unsqueeze(2).to(dtype), sin.unsqueeze(2).to(dtype)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate `x` (batch, seq, heads, head_dim) by the per-position angles: dims i and i + head_dim/2 turn as a pair.
 
-    This is the usual `x * cos + rotate_half(x) * sin` with `rotate_half(x) = cat(-x2, x1)`. The table's `sin` holds
-    (-sin, +sin), the signs of `rotate_half`, so all that is left of it is swapping the halves: a `roll`.
+    This is the usual `x * cos + rotate_half(x) * sin` with `rotate_half(x) = cat(-x2, x1)`. `sin` holds (-sin, +sin),
+    the signs of `rotate_half`, so all that is left of it is swapping the halves: a `roll`.
     """
     return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin)
 
@@ -309,8 +289,6 @@ class SLMPreTrainedModel(PreTrainedModel):
             init.ones_(module.weight)
             if getattr(module, "bias", None) is not None:
                 init.zeros_(module.bias)
-        elif isinstance(module, SLMRotaryEmbedding):
-            init.copy_(module.cos_sin, module.compute_table(module.cos_sin.shape[0]))
 
 
 class SLMModel(SLMPreTrainedModel):
@@ -395,7 +373,7 @@ class SLMModel(SLMPreTrainedModel):
         if learned_positions:
             hidden_states = hidden_states + self.embed_positions(position_ids)
         else:
-            position_embeddings = self.rotary_emb(position_ids, key_length)
+            position_embeddings = self.rotary_emb(position_ids, hidden_states.dtype)
         hidden_states = self.dropout(hidden_states)
 
         causal_mask = create_causal_mask(
