@@ -729,16 +729,18 @@ def train(
         accelerator.end_training()
         return TrainingOutcome(out_dir, out_dir / "final", state.step)
 
-    # With a time budget, max_steps is fitted to the speed of the first steps. The learning rate depends on
-    # max_steps only after warmup, so fitting it during warmup changes nothing before (and resuming stays exact:
-    # the fitted value is saved with every checkpoint).
+    # With a time budget, max_steps is fitted to the measured speed: a first estimate after 10 steps, the final
+    # one once warmup is over. The learning rate depends on max_steps only after warmup, so the fitting changes
+    # nothing before (and resuming stays exact: the final value is saved with every checkpoint).
     budget = config.max_minutes * 60 if config.max_minutes else None
-    fit_budget_at = 10
-    speed_from: tuple[int, float] | None = None  # (step, time) from which the step time is measured
+    fit_steps = (10, max(10, math.ceil(config.warmup_steps)))
+    step_times: list[float] = []  # seconds of each training step (evaluations and checkpoints left out)
+    eval_time = None
     interrupted = None
     model.train()
     with StopSignals(verbose=main) as signals:
         while state.step < state.max_steps:
+            step_started = time.perf_counter()
             # One update: this process's micro-batches are numbers rank, rank + world, ... of the step's
             # `micro_batches`, so the union over processes does not depend on how many there are.
             batches = (train_windows.batch(state.step, micro * world + rank) for micro in range(accumulation))
@@ -755,25 +757,26 @@ def train(
             pending.append((state.step, accelerator.reduce(loss, "mean"), lr, grad_norm))
             if state.step % config.log_interval == 0:
                 flush()
+            step_times.append(time.perf_counter() - step_started)
 
-            fit_budget = budget is not None and not state.budget_fixed and state.step >= fit_budget_at
-            if state.step % config.eval_interval == 0 or state.step == state.max_steps or fit_budget:
+            fitting = budget is not None and not state.budget_fixed and state.step in fit_steps
+            evaluate_now = state.step % config.eval_interval == 0 or state.step == state.max_steps
+            if evaluate_now or (fitting and eval_time is None):  # fitting needs the cost of an evaluation
                 eval_started = time.perf_counter()
                 run_eval()
-                if fit_budget:
-                    step_time = (eval_started - speed_from[1]) / max(state.step - speed_from[0], 1)
-                    eval_time = time.perf_counter() - eval_started
-                    state.max_steps = schedule.max_steps = _fit_budget(
-                        state.step, config, budget - elapsed(), step_time, eval_time
-                    )
-                    state.budget_fixed = True
-                    bar.total = state.max_steps
-                    log(f"time budget {config.max_minutes:g} min: training to step {state.max_steps}")
-                    if state.max_steps < 2 * config.warmup_steps:
-                        log(f"warning: warmup ({config.warmup_steps:g} steps) takes most of the budget; "
-                            f"lower warmup_steps or raise max_minutes")
-            if speed_from is None and state.step >= min(2, state.max_steps):
-                speed_from = (state.step, time.perf_counter())  # the first steps are slow (warm-up)
+                eval_time = time.perf_counter() - eval_started
+            if fitting:
+                # The first steps are slower (memory, kernels warming up): the speed is that of the last ones.
+                step_time = float(np.median(step_times[-max(len(step_times) // 2, 1) :]))
+                state.max_steps = schedule.max_steps = _fit_budget(
+                    state.step, config, budget - elapsed(), step_time, eval_time
+                )
+                state.budget_fixed = state.step >= fit_steps[1]
+                bar.total = state.max_steps
+                log(f"time budget {config.max_minutes:g} min: training to step {state.max_steps}")
+                if state.max_steps < 2 * config.warmup_steps:
+                    log(f"warning: warmup ({config.warmup_steps:g} steps) takes much of the time budget; "
+                        f"lower warmup_steps or raise max_minutes")
 
             stop = signals.received is not None
             over_budget = budget is not None and elapsed() > budget

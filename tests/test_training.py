@@ -185,8 +185,9 @@ def test_time_budget_fits_the_schedule_then_overwrite_replaces_the_run(data_dir,
     assert sorted(val) == [10, results["step"]]  # the speed check at step 10 and the end
     assert results["wall_time_s"] < 6 * 2  # the 6 s budget, with room for a busy machine
     lr = [json.loads(line).get("lr") for line in (out / "metrics.jsonl").read_text().splitlines()]
-    # The schedule ends at (or, if the machine slowed down and the budget cut the run short, near) min_lr.
-    assert [x for x in lr if x is not None][-1] == pytest.approx(3e-4, rel=0.1)
+    # The cosine ran to (or, where a busy machine slowed down and the budget cut the run short, near) min_lr
+    # 3e-4 from the peak 3e-3: without the fitting, 100,000 steps would have kept it at the peak.
+    assert [x for x in lr if x is not None][-1] < 3e-4 + 0.25 * (3e-3 - 3e-4)
 
     run_train(data_dir, out, "--overwrite", "max_steps=20")  # the earlier run's outputs go, a new run comes
     assert sorted(step_losses(out)[0]) == list(range(1, 21))
