@@ -795,8 +795,7 @@ def train(
     flush()
     bar.close()
 
-    records = metrics.read()
-    curve = plot_loss_curve(records, out_dir / "loss_curve.png") if main else None
+    curve = plot_loss_curve(metrics.read(), out_dir / "loss_curve.png") if main else None
     if interrupted:
         log(f"stopped by {interrupted} at step {state.step}; checkpoint saved. Continue with --resume auto")
         accelerator.end_training()
@@ -808,7 +807,7 @@ def train(
         accelerator, model, tokenizer, out_dir / "final", results(final_record), config, curve, model_card=True
     )
     if main and (out_dir / "best").is_dir():
-        shutil.copy2(curve, out_dir / "best" / "loss_curve.png")
+        _copy_file(curve, out_dir / "best" / "loss_curve.png")
         write_card(out_dir / "best")
     accelerator.wait_for_everyone()
     accelerator.end_training()
@@ -978,6 +977,12 @@ def _write_text(path: Path, text: str) -> None:
     temporary = path.with_name(f".tmp-{path.name}")
     temporary.write_text(text, encoding="utf-8")
     os.replace(temporary, path)
+
+
+def _copy_file(source: Path, target: Path) -> None:
+    temporary = target.with_name(f".tmp-{target.name}")
+    shutil.copy2(source, temporary)
+    os.replace(temporary, target)
 
 
 def _replace_dir(source: Path, target: Path) -> None:

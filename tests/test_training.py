@@ -305,6 +305,8 @@ def test_bad_inputs_fail_with_one_line_and_touch_nothing(data_dir, reference, tm
     assert "max_position_embeddings" in bad_input(data_dir, tmp_path / "b", "block_size=256")
     assert "did you mean 'learning_rate'" in bad_input(data_dir, tmp_path / "c", "lerning_rate=1e-3")
     assert "CUDA" in bad_input(data_dir, tmp_path / "d", "--mixed-precision", "fp16")
+    if importlib.util.find_spec("tensorboard") is None:  # Accelerate would only warn, then log nothing
+        assert "pip install tensorboard" in bad_input(data_dir, tmp_path / "d", "--report-to", "tensorboard")
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     assert "cannot write" in bad_input(data_dir, blocker / "out")
