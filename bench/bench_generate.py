@@ -153,10 +153,28 @@ def profile(args) -> None:
     print(f"# {variant}, batch {args.batch_sizes[0]}, {args.new_tokens} new tokens, {torch.get_num_threads()} threads")
     if "compiled" not in variant:  # hooks on a compiled model would be traced into its graph
         split_time(model, run, args.new_tokens)
+        linear_floor(model, args.batch_sizes[0])
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         run()
     print(f"# torch.profiler, one generate() of {args.new_tokens} tokens, ops by self CPU time")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile_rows))
+
+
+def linear_floor(model: torch.nn.Module, batch_size: int, repeats: int = 50) -> None:
+    """Time of the decoding step's matrix products alone: each linear layer applied once to one token per row, in
+    model order. The weights do not all fit in the CPU caches, so this is mostly the time to stream them from memory."""
+    linears = [module for module in model.modules() if hasattr(module, "in_features")]
+    dtype = next(model.parameters()).dtype
+    inputs = {size: torch.randn(batch_size, 1, size, dtype=dtype) for size in {m.in_features for m in linears}}
+    for module in linears:
+        module(inputs[module.in_features])
+    start = time.perf_counter()
+    for _ in range(repeats):
+        for module in linears:
+            module(inputs[module.in_features])
+    weight_bytes = sum(b.numel() * b.element_size() for m in linears for b in [*m.parameters(), *m.buffers()])
+    print(f"matrix products alone: {1e3 * (time.perf_counter() - start) / repeats:.2f} ms per step "
+          f"({len(linears)} linear layers, {weight_bytes / 2**20:.1f} MiB of weights)")
 
 
 def split_time(model: torch.nn.Module, run: Callable, new_tokens: int) -> None:
