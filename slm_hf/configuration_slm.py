@@ -1,10 +1,21 @@
 """Configuration of the SLM decoder-only transformer.
 
 This file is copied next to the weights by ``save_pretrained`` (remote code), so it may import only
-``transformers`` and the standard library: never ``slm_hf`` itself.
+``transformers`` (and ``packaging``, which transformers needs) and the standard library: never ``slm_hf`` itself.
 """
 
+import transformers
+from packaging.version import Version
 from transformers import PretrainedConfig
+
+# transformers 5.24 renamed the key/value cache that generate() passes to the model from `past_key_values` to
+# `cache`: with an older version the model would decode without its cache and generate wrong text, silently. This
+# file is the first one loaded, also as remote code on other machines, so it refuses older versions.
+if Version(transformers.__version__).release < (5, 24):
+    raise ImportError(
+        f"SLM models need transformers >= 5.24 (this is {transformers.__version__}): "
+        f"pip install --upgrade 'transformers>=5.24,<6'"
+    )
 
 POSITION_EMBEDDING_TYPES = ("rope", "learned")
 NORM_TYPES = ("rmsnorm", "layernorm")

@@ -1,5 +1,8 @@
 """SLMConfig: presets, defaults, serialisation, and the refusal of every configuration the model cannot be built from."""
 
+import importlib.util
+import sys
+
 import pytest
 
 from slm_hf import SLMConfig, SLMForCausalLM
@@ -90,3 +93,13 @@ def test_allowed_choice_lists_are_the_ones_the_model_builds():
             for mlp in MLP_TYPES:
                 config = SLMConfig.from_preset("tiny", position_embedding_type=position, norm_type=norm, mlp_type=mlp)
                 SLMForCausalLM(config)
+
+
+def test_older_transformers_is_refused_with_the_version_to_install(monkeypatch):
+    """Before 5.24 generate() passes the cache as `past_key_values`: the model would decode without it, silently."""
+    import slm_hf.configuration_slm
+
+    monkeypatch.setattr(sys.modules["transformers"], "__version__", "5.17.0")  # the module as imported now
+    spec = importlib.util.spec_from_file_location("configuration_slm_copy", slm_hf.configuration_slm.__file__)
+    with pytest.raises(ImportError, match=r"transformers >= 5\.24 \(this is 5\.17\.0\)"):
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))

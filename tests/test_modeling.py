@@ -382,8 +382,9 @@ def test_saved_folder_loads_with_remote_code_where_slm_hf_is_not_importable(tmp_
         torch.save(input_ids, tmp_path / "ids.pt")
         torch.save(model(input_ids).logits, tmp_path / "logits.pt")
 
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), TOKENIZERS_PARALLELISM="false")
+    # The environment is kept (it may hold the path to transformers): the import blocker is what keeps slm_hf out.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"),
+           "TOKENIZERS_PARALLELISM": "false"}
     script = BLOCK_SLM_HF + REMOTE_CODE_CHECK
     result = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(script), str(folder), str(tmp_path / "ids.pt"), str(tmp_path / "logits.pt")],
@@ -400,3 +401,48 @@ def test_pipeline_runs_in_process(tokenizer):
     texts = generator(["Once upon a time", "Tom"], max_new_tokens=5, do_sample=False, batch_size=2,
                       return_full_text=False)
     assert len(texts) == 2 and all(isinstance(t[0]["generated_text"], str) for t in texts)
+
+
+# ------------------------------------------------------------------------------------------- accelerator
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@cuda
+@pytest.mark.parametrize("position", POSITIONS)
+def test_cuda_generation_contract(position):
+    model = make_model(position_embedding_type=position).cuda()
+    rows = [random_ids(11, seed=2).cuda(), random_ids(4, seed=3).cuda()]
+    input_ids, attention_mask = (t.cuda() for t in left_pad([row.cpu() for row in rows]))
+    for dtype in (torch.float32, torch.bfloat16):
+        model.to(dtype)
+        batch = greedy(model, input_ids, attention_mask=attention_mask, pad_token_id=0)
+        assert torch.equal(batch, greedy(model, input_ids, attention_mask=attention_mask, pad_token_id=0,
+                                         use_cache=False))
+        if dtype == torch.float32:  # bf16 rounding differs between batch shapes
+            for row, out in zip(rows, batch):
+                assert torch.equal(out[-len(row) - 24 :], greedy(model, row[None])[0])
+    # generate() compiles the decoding step by itself on a GPU when the cache is static
+    model.float()
+    eager = greedy(model, input_ids, attention_mask=attention_mask, pad_token_id=0)
+    static = greedy(model, input_ids, attention_mask=attention_mask, pad_token_id=0, cache_implementation="static")
+    assert torch.equal(static, eager)
+
+
+@cuda
+def test_cuda_out_of_vocabulary_prompt_is_a_value_error():
+    model = make_model().cuda()
+    input_ids = random_ids(1, 6).cuda()
+    input_ids[0, 2] = 512
+    with pytest.raises(ValueError, match=r"Token ids must be in \[0, 512\)"):
+        model.generate(input_ids, max_new_tokens=2)
+
+
+@cuda
+def test_cuda_int8_copy_dequantizes_on_the_fly():
+    model = make_model(seed=4).cuda()
+    input_ids = random_ids(2, 10).cuda()
+    with torch.no_grad():
+        reference = model(input_ids).logits
+        logits = model.quantize_int8()(input_ids).logits
+    assert (logits - reference).abs().max() < 0.1 * reference.std()
+    assert greedy(model, input_ids).shape == (2, 34)
