@@ -222,7 +222,7 @@ class TrainingState:
     step: int = 0
     tokens: int = 0
     max_steps: int = 0  # the configured one, or what fits in max_minutes once measured
-    budget_fixed: bool = False  # max_steps already fitted to max_minutes
+    budget_fitted: bool = False  # max_steps comes from max_minutes (a resumed run keeps fitting it)
     best_val_loss: float = math.inf
     best_step: int = 0
     skipped_steps: int = 0  # fp16 updates skipped by the loss scaler (overflow)
@@ -579,7 +579,7 @@ def train(
         saved_state, _ = read_checkpoint(checkpoint)
         accelerator.load_state(str(checkpoint))
         state = replace(saved_state, num_processes=world, precision=precision)
-        if config.max_steps != saved_state.max_steps and not saved_state.budget_fixed:
+        if config.max_steps != saved_state.max_steps and not saved_state.budget_fitted:
             state.max_steps = config.max_steps  # asked to train longer (or shorter): the cosine stretches
         log(f"resumed from {checkpoint} (step {state.step}, {state.tokens:,} tokens)")
     schedule.max_steps = state.max_steps
@@ -729,11 +729,11 @@ def train(
         accelerator.end_training()
         return TrainingOutcome(out_dir, out_dir / "final", state.step)
 
-    # With a time budget, max_steps is fitted to the measured speed: a first estimate after 10 steps, the final
-    # one once warmup is over. The learning rate depends on max_steps only after warmup, so the fitting changes
-    # nothing before (and resuming stays exact: the final value is saved with every checkpoint).
+    # With a time budget, max_steps is fitted to the measured speed: after 10 steps, at the end of warmup, then
+    # at every evaluation (a shared machine's speed varies). The learning rate depends on max_steps only after
+    # warmup, so the first fits change nothing before; later ones stretch or shrink the rest of the cosine.
     budget = config.max_minutes * 60 if config.max_minutes else None
-    fit_steps = (10, max(10, math.ceil(config.warmup_steps)))
+    warmup_end = max(10, math.ceil(config.warmup_steps))
     step_times: list[float] = []  # seconds of each training step (evaluations and checkpoints left out)
     eval_time = None
     interrupted = None
@@ -759,22 +759,25 @@ def train(
                 flush()
             step_times.append(time.perf_counter() - step_started)
 
-            fitting = budget is not None and not state.budget_fixed and state.step in fit_steps
             evaluate_now = state.step % config.eval_interval == 0 or state.step == state.max_steps
+            fitting = budget is not None and state.step < state.max_steps
+            fitting = fitting and (state.step in (10, warmup_end) or (state.step > warmup_end and evaluate_now))
             if evaluate_now or (fitting and eval_time is None):  # fitting needs the cost of an evaluation
                 eval_started = time.perf_counter()
                 run_eval()
                 eval_time = time.perf_counter() - eval_started
             if fitting:
-                # The first steps are slower (memory, kernels warming up): the speed is that of the last ones.
-                step_time = float(np.median(step_times[-max(len(step_times) // 2, 1) :]))
+                # The speed of the recent steps (the first ones are slow: memory, kernels warming up).
+                recent = max(min(len(step_times) // 2, config.eval_interval), 1)
+                step_time = float(np.median(step_times[-recent:]))
                 state.max_steps = schedule.max_steps = _fit_budget(
                     state.step, config, budget - elapsed(), step_time, eval_time
                 )
-                state.budget_fixed = state.step >= fit_steps[1]
+                if state.max_steps != bar.total:
+                    log(f"time budget {config.max_minutes:g} min: training to step {state.max_steps}")
+                state.budget_fitted = True
                 bar.total = state.max_steps
-                log(f"time budget {config.max_minutes:g} min: training to step {state.max_steps}")
-                if state.max_steps < 2 * config.warmup_steps:
+                if state.step == 10 and state.max_steps < 2 * config.warmup_steps:
                     log(f"warning: warmup ({config.warmup_steps:g} steps) takes much of the time budget; "
                         f"lower warmup_steps or raise max_minutes")
 

@@ -78,7 +78,7 @@ class TrainingConfig:
     block_size: int | None = None  # None: the model's max_position_embeddings
     gradient_accumulation_steps: int = 1
     max_steps: int = 1000
-    # Wall-clock budget: `max_steps` is lowered to what fits, from the measured speed (the schedule ends on time).
+    # Wall-clock budget: `max_steps` is lowered to what fits, refitted to the measured speed at each evaluation.
     max_minutes: float | None = None
 
     # AdamW with linear warmup then cosine decay to `min_lr`.
