@@ -29,7 +29,8 @@ import time
 from collections.abc import Callable
 
 import torch
-from transformers import CompileConfig, LlamaConfig, LlamaForCausalLM
+from peers import llama_config
+from transformers import CompileConfig, LlamaForCausalLM
 
 from slm_hf import SLMConfig, SLMForCausalLM
 
@@ -41,22 +42,7 @@ DEFAULT_VARIANTS = ["slm", "llama", "slm-bf16", "llama-bf16", "slm-int8"]
 
 def llama_like(config: SLMConfig) -> LlamaForCausalLM:
     """transformers' Llama with the same shape as an SLM config (rotary, RMSNorm, SwiGLU, no biases, tied)."""
-    llama_config = LlamaConfig(
-        vocab_size=config.vocab_size,
-        hidden_size=config.hidden_size,
-        intermediate_size=config.intermediate_size,
-        num_hidden_layers=config.num_hidden_layers,
-        num_attention_heads=config.num_attention_heads,
-        num_key_value_heads=config.num_key_value_heads,
-        max_position_embeddings=config.max_position_embeddings,
-        rms_norm_eps=config.norm_eps,
-        rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta},
-        tie_word_embeddings=True,
-        bos_token_id=config.bos_token_id,
-        eos_token_id=config.eos_token_id,
-        pad_token_id=config.pad_token_id,
-    )
-    return LlamaForCausalLM(llama_config)
+    return LlamaForCausalLM(llama_config(config))
 
 
 def build_models(variants: list[str], preset: str = PRESET) -> dict[str, torch.nn.Module]:

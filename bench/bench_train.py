@@ -47,23 +47,9 @@ def build_model(name: str, model_config) -> torch.nn.Module:
         from slm_hf import SLMForCausalLM
 
         return SLMForCausalLM(model_config)
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from peers import llama_config
+    from transformers import LlamaForCausalLM
 
-    llama_config = LlamaConfig(
-        vocab_size=model_config.vocab_size,
-        hidden_size=model_config.hidden_size,
-        intermediate_size=model_config.intermediate_size,
-        num_hidden_layers=model_config.num_hidden_layers,
-        num_attention_heads=model_config.num_attention_heads,
-        num_key_value_heads=model_config.num_key_value_heads,
-        max_position_embeddings=model_config.max_position_embeddings,
-        rms_norm_eps=model_config.norm_eps,
-        rope_parameters={"rope_type": "default", "rope_theta": model_config.rope_theta},
-        tie_word_embeddings=True,
-        bos_token_id=0,
-        eos_token_id=0,
-        pad_token_id=0,
-    )
     class ShiftedLlamaForCausalLM(LlamaForCausalLM):
         """Llama computes a loss only when given `labels`; the loop passes targets already shifted (`shift_labels`),
         which transformers' causal-LM loss then uses as they are: the same loss function as SLM's."""
@@ -71,7 +57,7 @@ def build_model(name: str, model_config) -> torch.nn.Module:
         def forward(self, shift_labels=None, **kwargs):
             return super().forward(labels=shift_labels, shift_labels=shift_labels, **kwargs)
 
-    return ShiftedLlamaForCausalLM(llama_config)
+    return ShiftedLlamaForCausalLM(llama_config(model_config))
 
 
 def training_flops_per_token(model: torch.nn.Module, model_config, block_size: int) -> float:

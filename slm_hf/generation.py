@@ -132,7 +132,7 @@ def load_pretrained(
         raise SLMError(f"model folder {name} does not exist")
     kwargs = dict(revision=revision, trust_remote_code=trust_remote_code)
     try:
-        with _quiet_progress_bars():  # a small model loads in a blink: no "Loading weights" bar
+        with quiet_progress_bars():  # a small model loads in a blink: no "Loading weights" bar
             model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
     except (OSError, ValueError) as error:
         hint = "" if local.exists() else " (not a local folder; as a Hub id it needs network access or the cache)"
@@ -286,7 +286,8 @@ def read_prompts(stream) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def _quiet_progress_bars():
+def quiet_progress_bars():
+    """Hide transformers' progress bars (e.g. "Loading weights") inside the block, as they were before after it."""
     enabled = transformers_logging.is_progress_bar_enabled()
     transformers_logging.disable_progress_bar()
     try:

@@ -25,7 +25,6 @@ Several processes (DDP, FSDP, DeepSpeed, several machines) run the same code: se
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -45,11 +44,11 @@ from accelerate import Accelerator, DistributedType, PartialState
 from accelerate.utils import ProjectConfiguration, broadcast_object_list, parse_flag_from_env, set_seed
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
-from transformers.utils import logging as transformers_logging
 
 from .configuration_slm import SLMConfig
 from .data import load_tokens, read_meta
 from .errors import SLMError
+from .generation import quiet_progress_bars
 from .modeling_slm import SLMForCausalLM
 from .tokenization import load_tokenizer, save_tokenizer, tokenizer_sha256
 from .training_config import DATA_MODEL_KEYS, TrainingConfig
@@ -397,7 +396,7 @@ def export_model(
         temporary = directory.with_name(f".tmp-{directory.name}")
         if temporary.exists():
             shutil.rmtree(temporary)
-        with _quiet_progress_bars():  # inside the training bar
+        with quiet_progress_bars():  # inside the training bar
             accelerator.unwrap_model(model).save_pretrained(temporary, state_dict=state_dict)
         save_tokenizer(tokenizer, temporary)
         _write_json(temporary / "training_results.json", results)
@@ -415,7 +414,7 @@ def write_card(directory: Path) -> None:
     """The model card (README.md), from the folder's own files (slm_hf.model_card)."""
     from .model_card import write_model_card
 
-    with _quiet_progress_bars():
+    with quiet_progress_bars():
         write_model_card(directory)
 
 
@@ -959,17 +958,6 @@ def _peak_memory(device: torch.device) -> dict[str, float]:
 
 def _precision_name(precision: str) -> str:
     return {"no": "fp32", "fp16": "fp16 mixed", "bf16": "bf16 mixed"}.get(precision, precision)
-
-
-@contextlib.contextmanager
-def _quiet_progress_bars():
-    enabled = transformers_logging.is_progress_bar_enabled()
-    transformers_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            transformers_logging.enable_progress_bar()
 
 
 def _write_json(path: Path, data: Any) -> None:
