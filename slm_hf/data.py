@@ -717,8 +717,12 @@ def _encoded_batches(stories, tokenizer_json: str, eos_id: int, dtype, num_proc:
     single-threaded (num_proc=1), or in `num_proc` worker processes."""
     if num_proc is None:
         tokenizer = _plain_tokenizer(tokenizer_json)
-        for batch in _iter_batches(stories):
-            yield _encode(tokenizer, batch, eos_id, dtype)
+        # Say so explicitly: an earlier `datasets.map(num_proc=...)` in this process leaves the C environment's
+        # TOKENIZERS_PARALLELISM=false behind (it restores only the Python mapping), which would silently
+        # single-thread the Rust encoder.
+        with _tokenizers_parallelism(True):
+            for batch in _iter_batches(stories):
+                yield _encode(tokenizer, batch, eos_id, dtype)
         return
     if num_proc == 1:
         tokenizer = _plain_tokenizer(tokenizer_json)
