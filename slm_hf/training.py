@@ -25,6 +25,7 @@ Several processes (DDP, FSDP, DeepSpeed, several machines) run the same code: se
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -33,7 +34,7 @@ import re
 import shutil
 import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ import torch
 from accelerate import Accelerator, DistributedType, PartialState
 from accelerate.utils import ProjectConfiguration, broadcast_object_list, parse_flag_from_env, set_seed
 from tqdm.auto import tqdm
-from transformers import GenerationConfig
+from transformers import GenerationConfig, PreTrainedModel
 
 from .configuration_slm import SLMConfig
 from .data import load_tokens, read_meta
@@ -164,6 +165,38 @@ def cpu_bf16_is_faster(m: int, k: int, n: int, margin: float = 1.5, repeats: int
     return timings[torch.bfloat16] * margin < timings[torch.float32]
 
 
+class MasterWeights:
+    """bf16 training on a CPU: the model computes in bf16 while the optimizer updates fp32 "master" weights.
+
+    Accelerate's bf16 (autocast) keeps fp32 weights and converts around every matrix product, and leaves the norms,
+    residual additions and attention scores in fp32 between them: on a 2-core CPU those conversions and fp32
+    elementwise passes cost more than the products themselves. Here the whole forward and backward pass runs on a
+    bf16 copy of the model (attention as plain bf16 matrix products), and after each backward pass the bf16
+    gradients move to the fp32 module, which the optimizer updates and which is copied back into the bf16 one.
+    Updates smaller than bf16's resolution accumulate in the fp32 weights instead of being rounded away. See
+    BENCHMARKS.md for what it measures against autocast.
+
+    `module` (fp32) is what the optimizer holds, what checkpoints save (`accelerator.register_for_checkpointing`)
+    and what the model folders export; `compute` (bf16) is what the loop runs.
+    """
+
+    def __init__(self, module: torch.nn.Module):
+        self.module = module
+        self.compute = copy.deepcopy(module).to(torch.bfloat16)
+        self.compute.set_attn_implementation("eager")  # CPU SDPA is slower in bf16 than plain products
+        self.pairs = [(m, c) for m, c in zip(module.parameters(), self.compute.parameters()) if m.requires_grad]
+
+    @torch.no_grad()
+    def gradients_to_master(self) -> None:
+        for master, compute in self.pairs:
+            master.grad = None if compute.grad is None else compute.grad.float()
+            compute.grad = None
+
+    @torch.no_grad()
+    def master_to_compute(self) -> None:
+        torch._foreach_copy_([compute for _, compute in self.pairs], [master for master, _ in self.pairs])
+
+
 # ---------------------------------------------------------------------------------------------- optimizer
 def build_optimizer(model: torch.nn.Module, config: TrainingConfig) -> torch.optim.AdamW:
     """AdamW; weight decay only on matrices of linear layers (not on norms, biases, embeddings), unless the config
@@ -192,12 +225,14 @@ def optimizer_step(
     optimizer: torch.optim.Optimizer,
     micro_batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     grad_clip: float | None,
+    master: MasterWeights | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One optimizer update from `gradient_accumulation_steps` micro-batches; returns (mean loss, gradient norm).
 
     `accelerator.accumulate` skips the gradient all-reduce on all but the last micro-batch, and
     `accelerator.backward` already divides each loss by the number of micro-batches (do not divide again).
-    The losses stay on the device: reading them would wait for the accelerator at every step.
+    The losses stay on the device: reading them would wait for the accelerator at every step. With `master`
+    weights, `model` is their bf16 `compute` copy and `optimizer` holds the fp32 `module`.
     """
     losses = []
     for inputs, targets in micro_batches:
@@ -207,9 +242,14 @@ def optimizer_step(
         losses.append(loss.detach())
     if not accelerator.sync_gradients:
         raise RuntimeError("gradient accumulation is out of step: the last micro-batch did not synchronise")
-    grad_norm = accelerator.clip_grad_norm_(model.parameters(), grad_clip) if grad_clip else None
+    if master is not None:
+        master.gradients_to_master()
+    parameters = (master.module if master is not None else model).parameters()
+    grad_norm = accelerator.clip_grad_norm_(parameters, grad_clip) if grad_clip else None
     optimizer.step()  # with fp16, the loss scaler skips it when gradients overflowed
     optimizer.zero_grad(set_to_none=True)
+    if master is not None:
+        master.master_to_compute()
     return torch.stack(losses).mean(), grad_norm
 
 
@@ -462,6 +502,7 @@ def train(
     *,
     resume: str | None = None,
     overwrite: bool = False,
+    model_factory: Callable[[SLMConfig], PreTrainedModel] | None = None,
 ) -> TrainingOutcome:
     """Train a model as `config` says, on the data folder `data_dir`, writing everything into `out_dir`.
 
@@ -472,6 +513,8 @@ def train(
         resume: `"auto"` continues from the newest complete checkpoint in `out_dir` if there is one (else starts
             afresh); a path continues from that checkpoint.
         overwrite: replace the outputs of an earlier run in `out_dir`.
+        model_factory: builds the model from the resolved `SLMConfig` instead of `SLMForCausalLM` (benchmarks train
+            transformers' `LlamaForCausalLM` with this loop); it must accept `shift_labels` and return `.loss`.
     """
     started = time.perf_counter()
     data_dir = _required_path(data_dir or config.data, "data folder", "--data DIR")
@@ -517,8 +560,10 @@ def train(
     _check_tracker(config.report_to)
     _prepare_output_dir(out_dir, overwrite, distributed)
 
+    # bf16 on a CPU: bf16 weights with fp32 master weights (`MasterWeights`), not Accelerate's autocast.
+    cpu_bf16 = precision == "bf16" and distributed.device.type == "cpu"
     accelerator = Accelerator(
-        mixed_precision=precision,
+        mixed_precision="no" if cpu_bf16 else precision,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         # We step the scheduler once per update ourselves. Accelerate's default steps it once per process per
         # update (it assumes each process adds its batch to one bigger global batch).
@@ -538,18 +583,24 @@ def train(
 
     # The model, initialised identically on every process; then dropout differs per process.
     set_seed(config.seed)
-    model = SLMForCausalLM(model_config)
+    model = (model_factory or SLMForCausalLM)(model_config)
     special_ids = {key: getattr(model_config, key) for key in ("bos_token_id", "eos_token_id", "pad_token_id")}
     model.generation_config = GenerationConfig(**STORY_SAMPLING, **special_ids)
     tokenizer.model_max_length = model_config.max_position_embeddings
     set_seed(config.seed, device_specific=True)
     optimizer = build_optimizer(model, config)
+    master = None
+    if cpu_bf16:
+        master = MasterWeights(model)
+        model = master.compute
+        accelerator.register_for_checkpointing(master.module)
     schedule = Schedule(
         config.learning_rate, config.min_lr, config.warmup_steps, config.max_steps, config.warmup_start_factor
     )
     # LambdaLR counts the updates done so far; update n + 1 is the next one.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda done: schedule.lr(done + 1) / schedule.peak)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    weights = model if master is None else master.module  # what the model folders export (fp32 with master weights)
 
     # Data: random training windows; fixed validation and training batches for evaluation.
     train_windows = TokenWindows(load_tokens(data_dir, "train"), config.block_size, config.batch_size, config.seed, 0)
@@ -711,7 +762,7 @@ def train(
         metrics.write(record)
         if val_loss < state.best_val_loss:
             state.best_val_loss, state.best_step = val_loss, state.step
-            export_model(accelerator, model, tokenizer, out_dir / "best", results(record), config)
+            export_model(accelerator, weights, tokenizer, out_dir / "best", results(record), config)
         last_eval = record
         window["time"] = time.perf_counter()  # keep evaluation time out of the tokens/s
         return record
@@ -745,7 +796,7 @@ def train(
             batches = (train_windows.batch(state.step, micro * world + rank) for micro in range(accumulation))
             batches = ((to_device(x), to_device(y)) for x, y in batches)
             lr = scheduler.get_last_lr()[0]
-            loss, grad_norm = optimizer_step(accelerator, model, optimizer, batches, config.grad_clip)
+            loss, grad_norm = optimizer_step(accelerator, model, optimizer, batches, config.grad_clip, master)
             if accelerator.optimizer_step_was_skipped:
                 state.skipped_steps += 1
                 log(f"step {state.step + 1}: fp16 gradients overflowed, update skipped (loss scale lowered)")
@@ -805,12 +856,14 @@ def train(
 
     # The model folders: final (this step) and best (lowest validation loss), each with the loss curve and card.
     final_record = last_eval if last_eval is not None and last_eval["step"] == state.step else run_eval()
+    card = isinstance(accelerator.unwrap_model(weights), SLMForCausalLM)  # the card describes SLM models
     final_dir = export_model(
-        accelerator, model, tokenizer, out_dir / "final", results(final_record), config, curve, model_card=True
+        accelerator, weights, tokenizer, out_dir / "final", results(final_record), config, curve, model_card=card
     )
     if main and (out_dir / "best").is_dir():
         _copy_file(curve, out_dir / "best" / "loss_curve.png")
-        write_card(out_dir / "best")
+        if card:
+            write_card(out_dir / "best")
     accelerator.wait_for_everyone()
     accelerator.end_training()
     log(
