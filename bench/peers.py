@@ -1,6 +1,7 @@
 """The peer every benchmark compares against: transformers' LlamaForCausalLM with the same shape as an SLM config."""
 
-from transformers import LlamaConfig
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
 
 
 def llama_config(config) -> LlamaConfig:
@@ -20,3 +21,20 @@ def llama_config(config) -> LlamaConfig:
         eos_token_id=config.eos_token_id,
         pad_token_id=config.pad_token_id,
     )
+
+
+class ShiftedLlamaForCausalLM(LlamaForCausalLM):
+    """Llama that takes the training loop's targets: the loop calls `model(input_ids=x, shift_labels=y)` with `y`
+    already shifted, and Llama computes a loss only when given `labels`. transformers' causal-LM loss uses
+    `shift_labels` as they are when given, so the loss is the same function as SLM's. Saved folders load back as a
+    plain `LlamaForCausalLM` (`AutoModelForCausalLM` goes by the config's model type, `llama`)."""
+
+    def forward(self, *args, shift_labels: torch.Tensor | None = None, **kwargs):
+        if shift_labels is not None:
+            kwargs.update(labels=shift_labels, shift_labels=shift_labels)
+        return super().forward(*args, **kwargs)
+
+
+def build_llama(config) -> ShiftedLlamaForCausalLM:
+    """The peer for an SLM config, ready for `slm_hf.training.train(..., model_factory=build_llama)`."""
+    return ShiftedLlamaForCausalLM(llama_config(config))

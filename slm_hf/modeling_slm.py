@@ -235,7 +235,7 @@ class ChunkedCrossEntropy(torch.autograd.Function):
         grad = torch.empty_like(logits)
         for start in range(0, logits.shape[0], ctx.chunk):
             rows = slice(start, start + ctx.chunk)
-            probs = logits[rows].float().sub_(log_sum_exp[rows, None]).exp_()
+            probs = (logits[rows].float() - log_sum_exp[rows, None]).exp_()  # out of place: fp32 logits stay
             probs[torch.arange(probs.shape[0], device=probs.device), targets[rows]] -= 1
             grad[rows] = probs.mul_(row_scale[rows, None])
         return grad, None, None, None, None

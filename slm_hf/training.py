@@ -642,8 +642,8 @@ def train(
     parameters = sum(p.numel() for p in accelerator.unwrap_model(model).parameters())
     log(
         f"training {parameters / 1e6:.2f}M parameters on {_device_name(accelerator)} x{world}, precision "
-        f"{_precision_name(precision)}, {tokens_per_step:,} tokens per step ({world} process(es) x {accumulation} "
-        f"micro-batches x {config.batch_size} x {config.block_size}), up to step {state.max_steps}"
+        f"{_precision_name(precision, accelerator.device)}, {tokens_per_step:,} tokens per step ({world} process(es) "
+        f"x {accumulation} micro-batches x {config.batch_size} x {config.block_size}), up to step {state.max_steps}"
     )
 
     prior_wall_time = state.wall_time_s
@@ -694,7 +694,7 @@ def train(
             "val/perplexity": record["val/perplexity"],
             "val/bits_per_byte": record["val/bits_per_byte"],
             "train/loss": record["train/eval_loss"],
-            "precision": _precision_name(precision),
+            "precision": _precision_name(precision, accelerator.device),
             "device": _device_name(accelerator),
             "num_processes": world,
             "parameters": parameters,
@@ -1009,7 +1009,9 @@ def _peak_memory(device: torch.device) -> dict[str, float]:
     return {}
 
 
-def _precision_name(precision: str) -> str:
+def _precision_name(precision: str, device: torch.device) -> str:
+    if precision == "bf16" and device.type == "cpu":
+        return "bf16 with fp32 master weights"
     return {"no": "fp32", "fp16": "fp16 mixed", "bf16": "bf16 mixed"}.get(precision, precision)
 
 

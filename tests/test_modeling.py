@@ -223,6 +223,42 @@ def test_activation_checkpointing_gives_the_same_gradients(position):
         torch.testing.assert_close(checkpointed[name], plain[name], msg=name)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_loss_and_its_gradient_equal_pytorch_cross_entropy_in_fp32(dtype):
+    """The model's chunked loss against `F.cross_entropy` of the fp32 logits, ignored (-100) targets included, over
+    several chunks; the gradient comes back in the logits' own dtype."""
+    from slm_hf.modeling_slm import causal_lm_loss
+
+    torch.manual_seed(0)
+    logits = (3 * torch.randn(3, 50, 97)).to(dtype).requires_grad_()
+    targets = torch.randint(0, 97, (3, 50))
+    targets[0, :7] = -100
+    loss = causal_lm_loss(logits, shift_labels=targets, chunk=16)
+    loss.backward()
+    expected_logits = logits.detach().float().requires_grad_()
+    expected = torch.nn.functional.cross_entropy(expected_logits.view(-1, 97), targets.view(-1))
+    expected.backward()
+    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
+    assert logits.grad.dtype == dtype
+    tolerance = 1e-7 if dtype == torch.float32 else 1e-2 * expected_logits.grad.abs().max().item()
+    torch.testing.assert_close(logits.grad.float(), expected_logits.grad, atol=tolerance, rtol=1e-2)
+    assert logits.grad[0, :7].abs().sum() == 0  # ignored positions get no gradient
+
+
+def test_bf16_eager_attention_stays_close_to_fp32_sdpa():
+    """On a CPU the training loop runs bf16 copies with eager attention (plain bf16 matrix products)."""
+    torch.manual_seed(0)
+    model = SLMForCausalLM(SLMConfig.from_preset("small", num_hidden_layers=2)).eval()
+    input_ids = random_ids(2, 64, vocab_size=4096)
+    with torch.no_grad():
+        fp32 = model(input_ids, labels=input_ids)
+        model.to(torch.bfloat16).set_attn_implementation("eager")
+        bf16 = model(input_ids, labels=input_ids)
+    assert abs(bf16.loss.item() - fp32.loss.item()) < 0.01
+    agreement = (bf16.logits.argmax(-1) == fp32.logits.argmax(-1)).float().mean().item()
+    assert agreement > 0.9, agreement
+
+
 def test_bf16_copy_stays_close_to_fp32():
     torch.manual_seed(0)
     model = SLMForCausalLM(SLMConfig.from_preset("small", num_hidden_layers=2)).eval()

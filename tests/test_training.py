@@ -224,6 +224,29 @@ def test_sigterm_saves_a_checkpoint_and_exits_then_resumes_exactly(data_dir, ref
     assert step_losses(out) == step_losses(reference)
 
 
+def test_bf16_with_master_weights_resumes_exactly_and_exports_fp32(data_dir, tmp_path):
+    """bf16 on a CPU trains a bf16 copy and keeps fp32 master weights: both are in the checkpoints."""
+    bf16 = [*RUN, "max_steps=60", "--mixed-precision", "bf16"]
+    reference = tmp_path / "bf16"
+    assert "fp32 master weights" in run_train(data_dir, reference, *bf16).stdout
+    out = tmp_path / "bf16-stopped"
+    process = start_train(data_dir, out, *bf16)
+    wait_for(lambda: logged_steps(out) >= 25, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    run_train(data_dir, out, *bf16, "--resume", "auto")
+    train, val = step_losses(out)
+    assert (train, val) == step_losses(reference) and val[50] < math.log(512)
+
+    from safetensors.torch import load_file
+
+    weights = load_file(out / "final" / "model.safetensors")
+    assert {tensor.dtype for tensor in weights.values()} == {torch.float32}
+    # The exported fp32 weights are not bf16 values: the master weights kept what bf16 would have rounded away.
+    embedding = next(tensor for name, tensor in weights.items() if "embed_tokens" in name)
+    assert not torch.equal(embedding, embedding.bfloat16().float())
+
+
 def test_kill_during_checkpoint_save_leaves_nothing_to_resume_from(data_dir, reference, tmp_path):
     out = tmp_path / "killed-saving"
     env = {**ENV, SAVE_PAUSE_ENV: "60"}  # the first save stops after writing, before its folder is renamed

@@ -1,0 +1,327 @@
+"""Quality per minute of compute: "I have N minutes on this machine; what is the best story model I can get?"
+
+Each recipe trains for a fixed wall-clock budget with the project's own loop (`slm_hf.training.train` with the
+config's `max_minutes`), then its `best/` model (lowest validation loss during training; `final/` if there is none)
+is scored on the whole validation split of the data folder: bits per byte, exact byte counts
+(`slm_hf.evaluation.evaluate_data_folder`: every token of val.bin predicted once, in non-overlapping windows of the
+model's context).
+
+Recipes (`--recipes`):
+    seed     configs/seed.yaml as it is: the reference tutorial's recipe (GPT-2 style, 131k-token steps)
+    ours     configs/cpu-demo.yaml: our best recipe
+    llama    transformers' LlamaForCausalLM (bench/peers.py) trained by our loop with a plain recipe, pinned here:
+             width 288, 6 layers, 6 heads, intermediate 768, context 256, batch 16 x 256, AdamW 2e-3 cosine to 2e-4,
+             warmup 100, weight decay 0.1, clip 1.0, bf16
+
+Data: the shared TinyStories text (train.txt for training, valid.txt for validation only) prepared once with
+`slm_hf.data.prepare_data` into OUT/data (a 4096-token BPE trained on train.txt), reused on later runs.
+
+Outputs, in OUT (default runs/bench-quality): runs/{recipe}-{budget}min/ (each a full training run), results.json
+(written after every run; a rerun skips the runs it already holds, so an interrupted benchmark resumes),
+quality_per_minute.png (bits per byte against minutes, one line per recipe, each run's validation curve thin),
+and a markdown table on stdout.
+
+    python bench/bench_quality.py                                        # 10, 30 and 60 minutes: about 5 hours
+    python bench/bench_quality.py --budgets 10 --recipes ours llama      # one budget, two recipes
+    python bench/bench_quality.py --recipes ours --rerun                 # retrain `ours` after tuning cpu-demo
+    OMP_NUM_THREADS=1 python bench/bench_quality.py --budgets 0.5 --out /tmp/bq    # a quick check
+"""
+
+import argparse
+import datetime
+import json
+import logging
+import math
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+
+import torch  # noqa: E402
+from peers import build_llama  # noqa: E402
+
+from slm_hf.data import prepare_data, read_meta  # noqa: E402
+from slm_hf.errors import SLMError, exit_on_error  # noqa: E402
+from slm_hf.evaluation import evaluate_data_folder, write_json  # noqa: E402
+from slm_hf.generation import load_pretrained  # noqa: E402
+from slm_hf.training import train  # noqa: E402
+from slm_hf.training_config import TrainingConfig  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_SHARED_DATA = ROOT.parent / "shared" / "data" / "tinystories"
+RECIPES = ("seed", "ours", "llama")
+COLORS = {"seed": "tab:gray", "ours": "tab:blue", "llama": "tab:orange"}
+VOCAB_SIZE = 4096
+UNBOUNDED_STEPS = 1_000_000  # the time budget decides
+
+# The plain Llama recipe, pinned here (not read from cpu-demo.yaml, which is being tuned): a sane default a user
+# would start from. Monitoring settings (eval_interval, eval_iters, sample_tokens, ...) follow cpu-demo.yaml.
+LLAMA_MODEL = {
+    "preset": "small",
+    "hidden_size": 288,
+    "num_hidden_layers": 6,
+    "num_attention_heads": 6,
+    "num_key_value_heads": 6,
+    "intermediate_size": 768,
+    "max_position_embeddings": 256,
+    "dropout": 0.0,
+}
+LLAMA_RECIPE = dict(
+    batch_size=16,
+    block_size=256,
+    gradient_accumulation_steps=1,
+    learning_rate=2e-3,
+    min_lr=2e-4,
+    warmup_steps=100,
+    warmup_start_factor=0.0,
+    weight_decay=0.1,
+    decay_all_parameters=False,
+    betas=(0.9, 0.95),
+    eps=1e-8,
+    grad_clip=1.0,
+    mixed_precision="bf16",
+)
+
+
+# ------------------------------------------------------------------------------------------------- data
+def prepare(shared_data: Path, out: Path) -> Path:
+    """OUT/data from the shared text folder (train.txt -> train split, valid.txt -> validation split), reused if
+    already there. Refuses a folder without a validation file: the split must be the shared validation stories."""
+    for name in ("train.txt", "valid.txt"):
+        if not (shared_data / name).is_file():
+            raise SLMError(f"{shared_data / name} not found; pass --shared-data, the folder with train.txt and "
+                           f"valid.txt (stories separated by <|endoftext|> lines)")
+    # prepare_data reads a folder of .txt files by name: files named valid/validation/val/dev are the validation
+    # split, the others the training split.
+    prepared = prepare_data(str(shared_data), out_dir=out / "data", vocab_size=VOCAB_SIZE)
+    if not prepared.meta.get("validation", "").startswith("the source's validation split"):
+        raise SLMError(f"{shared_data}: no validation file was recognised (expected valid.txt)")
+    splits = prepared.meta["splits"]
+    print(f"# data {prepared.directory}{' (reused)' if prepared.reused else ''}: train {splits['train']['tokens']:,} "
+          f"tokens ({splits['train']['stories']:,} stories), val {splits['val']['tokens']:,} tokens "
+          f"({splits['val']['stories']:,} stories), vocabulary {prepared.meta['vocab_size']:,}")
+    return prepared.directory
+
+
+# ---------------------------------------------------------------------------------------------- recipes
+def recipe_config(recipe: str, budget_min: float) -> tuple[TrainingConfig, object]:
+    """The training config of `recipe` for a budget of `budget_min` minutes, and its model factory (None: SLM)."""
+    if recipe == "seed":  # its 625 steps are its recipe; a CPU never gets there in these budgets
+        return replace(TrainingConfig.load(ROOT / "configs" / "seed.yaml"), max_minutes=budget_min), None
+    config = replace(TrainingConfig.load(ROOT / "configs" / "cpu-demo.yaml"), max_minutes=budget_min,
+                     max_steps=UNBOUNDED_STEPS)
+    if recipe == "ours":
+        return config, None
+    if recipe == "llama":
+        return replace(config, model=dict(LLAMA_MODEL), **LLAMA_RECIPE), build_llama
+    raise ValueError(f"unknown recipe {recipe!r}")
+
+
+def run_name(recipe: str, budget_min: float) -> str:
+    return f"{recipe}-{budget_min:g}min"
+
+
+# ------------------------------------------------------------------------------------------- one run
+def train_and_evaluate(recipe: str, budget_min: float, data_dir: Path, out: Path, eval_batch_size: int) -> dict:
+    """Train one recipe for one budget (replacing an unfinished run in its folder), then score its best model."""
+    config, model_factory = recipe_config(recipe, budget_min)
+    run_dir = out / "runs" / run_name(recipe, budget_min)
+    print(f"\n## {run_name(recipe, budget_min)}: training into {run_dir}", flush=True)
+    started = time.perf_counter()
+    outcome = train(config, data_dir, run_dir, overwrite=True, model_factory=model_factory)
+    if outcome.final_dir is None:
+        raise SLMError(f"{run_name(recipe, budget_min)} was interrupted ({outcome.interrupted_by}); run again")
+    run_seconds = time.perf_counter() - started
+
+    evaluated = run_dir / "best" if (run_dir / "best" / "config.json").is_file() else run_dir / "final"
+    final = json.loads((run_dir / "final" / "training_results.json").read_text(encoding="utf-8"))
+    at_best = json.loads((evaluated / "training_results.json").read_text(encoding="utf-8"))
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    speeds = [r["tokens_per_s"] for r in records if "tokens_per_s" in r]
+    sample = next((r.get("sample") for r in records if "val/loss" in r and r["step"] == at_best["step"]), None)
+
+    eval_started = time.perf_counter()
+    model, tokenizer = load_pretrained(evaluated, device="cpu")
+    report = evaluate_data_folder(model, tokenizer, data_dir, batch_size=eval_batch_size)
+    eval_seconds = time.perf_counter() - eval_started
+    del model
+
+    return {
+        "recipe": recipe,
+        "budget_min": budget_min,
+        "run_dir": str(run_dir),
+        "evaluated": evaluated.name,
+        "steps": final["step"],
+        "best_step": at_best["step"],
+        "tokens": final["tokens"],
+        "wall_s": final["wall_time_s"],  # the loop's own clock: training, its evaluations and checkpoints
+        "run_s": round(run_seconds, 1),  # train() as a whole: also building the model and writing model folders
+        "tokens_per_s": final["tokens"] / final["wall_time_s"],  # what the budget bought, evaluations included
+        "train_tokens_per_s": statistics.median(speeds) if speeds else None,  # training steps only
+        "val_bits_per_byte": report.bits_per_byte,  # the full validation split, exact bytes
+        "val_loss": report.loss,
+        "eval_tokens": report.tokens,
+        "eval_bytes": report.bytes,
+        "eval_s": round(eval_seconds, 1),
+        "loop_val_bits_per_byte": at_best["val/bits_per_byte"],  # the loop's estimate at the evaluated step
+        "loop_final_val_bits_per_byte": final["val/bits_per_byte"],
+        "train_loss": final["train/loss"],
+        "val_loss_loop": at_best["val/loss"],
+        "precision": final["precision"],
+        "parameters": final["parameters"],
+        "sample": sample,
+        "config": final["config"],
+        "date": datetime.date.today().isoformat(),
+    }
+
+
+# ------------------------------------------------------------------------------------------- reports
+def table(results: dict, recipes: list[str], budgets: list[float]) -> str:
+    """Bits per byte (full validation split) per recipe and budget, and the ratio to the Llama recipe."""
+    runs = results["runs"]
+
+    def bpb(recipe, budget):
+        run = runs.get(run_name(recipe, budget))
+        return run["val_bits_per_byte"] if run else None
+
+    header = "| recipe | " + " | ".join(f"{b:g} min" for b in budgets)
+    header += " | vs llama (" + " / ".join(f"{b:g}" for b in budgets) + " min) |"
+    lines = [header, "|---|" + "---:|" * (len(budgets) + 1)]
+    for recipe in recipes:
+        cells = [f"{v:.3f}" if (v := bpb(recipe, b)) is not None else "-" for b in budgets]
+        ratios = []
+        for budget in budgets:
+            mine, peer = bpb(recipe, budget), bpb("llama", budget)
+            ratios.append(f"{mine / peer:.2f}x" if mine is not None and peer else "-")
+        lines.append(f"| {recipe} | " + " | ".join(cells) + " | " + " / ".join(ratios) + " |")
+    return "\n".join(lines)
+
+
+def details(results: dict, recipes: list[str], budgets: list[float]) -> str:
+    lines = [
+        "| run | params | precision | steps | tokens | tokens/s | val bits/byte (loop) | val bits/byte (full) "
+        "| train loss | wall s |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for recipe in recipes:
+        for budget in budgets:
+            run = results["runs"].get(run_name(recipe, budget))
+            if run is None:
+                continue
+            lines.append(
+                f"| {run_name(recipe, budget)} | {run['parameters'] / 1e6:.1f}M | {run['precision']} | "
+                f"{run['steps']:,} (best {run['best_step']:,}) | {run['tokens'] / 1e6:.2f}M | "
+                f"{run['tokens_per_s']:,.0f} | {run['loop_val_bits_per_byte']:.3f} | {run['val_bits_per_byte']:.3f} | "
+                f"{run['train_loss']:.3f} | {run['wall_s']:.0f} |"
+            )
+    return "\n".join(lines)
+
+
+def plot(results: dict, recipes: list[str], budgets: list[float], path: Path) -> Path:
+    """Bits per byte against training minutes, one line per recipe (a point per budget), and each run's validation
+    curve as a thin line (the loop's estimate; x = tokens at the run's average speed, evaluations included)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7.5, 4.8), dpi=120)
+    for recipe in recipes:
+        runs = [results["runs"][name] for b in budgets if (name := run_name(recipe, b)) in results["runs"]]
+        if not runs:
+            continue
+        color = COLORS.get(recipe)
+        for run in runs:
+            metrics = Path(run["run_dir"]) / "metrics.jsonl"
+            if not metrics.is_file():
+                continue
+            records = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
+            curve = [(r["tokens"] / run["tokens_per_s"] / 60, r["val/bits_per_byte"])
+                     for r in records if "val/bits_per_byte" in r and r["tokens"] > 0]
+            if curve:
+                axes.plot(*zip(*curve), color=color, linewidth=0.7, alpha=0.45)
+        axes.plot([r["budget_min"] for r in runs], [r["val_bits_per_byte"] for r in runs], color=color, marker="o",
+                  linewidth=2, label=recipe)
+    axes.set_xlabel("training minutes (wall clock, this machine)")
+    axes.set_ylabel("validation bits per byte")
+    axes.set_title("Quality per minute of compute (thin: validation during each run)", fontsize=10)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    temporary = path.with_name(f".tmp-{path.name}")
+    figure.savefig(temporary, format="png")
+    plt.close(figure)
+    temporary.replace(path)
+    return path
+
+
+def machine() -> dict:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = None
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpu": platform.processor() or platform.machine(), "commit": commit}
+
+
+# ----------------------------------------------------------------------------------------------- main
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=RECIPES)
+    parser.add_argument("--budgets", nargs="+", type=float, default=[10, 30, 60], help="minutes of training")
+    parser.add_argument("--shared-data", type=Path, default=DEFAULT_SHARED_DATA,
+                        help="folder with train.txt and valid.txt (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-quality")
+    parser.add_argument("--rerun", action="store_true", help="train the selected runs again even if results.json "
+                                                             "holds them")
+    parser.add_argument("--eval-batch-size", type=int, default=16, help="windows per forward pass when scoring")
+    args = parser.parse_args(argv)
+    if any(not (b > 0 and math.isfinite(b)) for b in args.budgets):
+        parser.error("--budgets must be positive numbers of minutes")
+    return args
+
+
+@exit_on_error
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("slm_hf").setLevel(logging.INFO)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    data_dir = prepare(args.shared_data, out)
+    results_path = out / "results.json"
+    results = json.loads(results_path.read_text(encoding="utf-8")) if results_path.is_file() else {"runs": {}}
+    results["data"] = {key: read_meta(data_dir)[key] for key in ("source", "vocab_size", "splits", "validation")}
+    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads; results in {results_path}")
+
+    for budget in args.budgets:  # the short budgets first: a usable table early
+        for recipe in args.recipes:
+            name = run_name(recipe, budget)
+            if name in results["runs"] and not args.rerun:
+                print(f"## {name}: done earlier ({results['runs'][name]['val_bits_per_byte']:.3f} bits/byte), "
+                      f"skipped")
+                continue
+            run = train_and_evaluate(recipe, budget, data_dir, out, args.eval_batch_size)
+            results["runs"][name] = {**run, "machine": machine()}
+            write_json(results_path, results)
+            print(f"## {name}: {run['steps']:,} steps, {run['tokens']:,} tokens, {run['tokens_per_s']:,.0f} tok/s, "
+                  f"val {run['val_bits_per_byte']:.4f} bits/byte on {run['eval_tokens']:,} tokens "
+                  f"(loop's estimate {run['loop_val_bits_per_byte']:.4f}), evaluated in {run['eval_s']:.0f} s\n"
+                  f"   sample: {run['sample']!r}", flush=True)
+
+    figure = plot(results, args.recipes, args.budgets, out / "quality_per_minute.png")
+    print(f"\nValidation bits per byte on {results['data']['splits']['val']['stories']:,} held-out stories "
+          f"({results['data']['splits']['val']['tokens']:,} tokens), best model of each run; plot: {figure}\n")
+    print(table(results, args.recipes, args.budgets))
+    print()
+    print(details(results, args.recipes, args.budgets))
+
+
+if __name__ == "__main__":
+    main()
