@@ -171,7 +171,7 @@ def train_and_evaluate(recipe: str, budget_min: float, data_dir: Path, out: Path
         "loop_val_bits_per_byte": at_best["val/bits_per_byte"],  # the loop's estimate at the evaluated step
         "loop_final_val_bits_per_byte": final["val/bits_per_byte"],
         "train_loss": final["train/loss"],
-        "val_loss_loop": at_best["val/loss"],
+        "loop_val_loss": at_best["val/loss"],
         "precision": final["precision"],
         "parameters": final["parameters"],
         "sample": sample,
