@@ -3,7 +3,9 @@ same shape, both driven by the training loop's own step (`slm_hf.training.optimi
 gradient clipping, fused AdamW with the loop's parameter groups), in the same run.
 
 The shape is the `cpu-demo` preset's (configs/cpu-demo.yaml: width 288, 6 layers, 6 heads, intermediate 768,
-vocabulary 4096, context 256, batch 16), in fp32 and under bf16 autocast. Each (model, precision) pair runs in its
+vocabulary 4096, context 256, batch 16), in each precision of PRECISIONS below: fp32, Accelerate's bf16 autocast
+(with the default SDPA attention, and with eager attention) and the loop's own bf16 on a CPU (a bf16 model with
+fp32 master weights), every one applied to both models alike. Each (model, precision) pair runs in its
 own subprocess, so that its peak memory (max RSS) is its own; the pairs are interleaved over the repeats (load from
 other processes on a shared machine hits them alike). Reported: the median over repeats of each run's median step
 time as tokens/s, the ratio to Llama at the same precision and to Llama's best precision, peak memory, and model
@@ -29,7 +31,15 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "cpu-demo.yaml"
 MODELS = ("slm", "llama")
-PRECISIONS = ("no", "bf16")
+# (name, Accelerate's mixed_precision, attention, master weights): fp32; Accelerate's bf16 autocast with the default
+# (SDPA) and the eager attention; and the loop's own bf16 on a CPU: a bf16 model with fp32 master weights
+# (slm_hf.training.MasterWeights, eager attention).
+PRECISIONS = {
+    "fp32": ("no", "sdpa", False),
+    "bf16-autocast": ("bf16", "sdpa", False),
+    "bf16-autocast-eager": ("bf16", "eager", False),
+    "bf16-master": ("no", "eager", True),
+}
 
 
 def shape():
@@ -71,14 +81,20 @@ def worker(model_name: str, precision: str, steps: int, warmup: int) -> dict:
     """Time `steps` training steps (after `warmup`) of one model at one precision; runs in its own process."""
     from accelerate import Accelerator
 
-    from slm_hf.training import TokenWindows, build_optimizer, optimizer_step
+    from slm_hf.training import MasterWeights, TokenWindows, build_optimizer, optimizer_step
 
     config, model_config = shape()
+    mixed_precision, attention, master_weights = PRECISIONS[precision]
     baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    accelerator = Accelerator(mixed_precision=precision)
+    accelerator = Accelerator(mixed_precision=mixed_precision)
     model = build_model(model_name, model_config)
+    model.set_attn_implementation(attention)
     flops_per_token = training_flops_per_token(model, model_config, config.block_size)
     optimizer = build_optimizer(model, config)
+    master = None
+    if master_weights:
+        master = MasterWeights(model)
+        model = master.compute
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
     tokens = np.random.default_rng(0).integers(0, model_config.vocab_size, 1_000_000).astype(np.uint16)
@@ -87,7 +103,7 @@ def worker(model_name: str, precision: str, steps: int, warmup: int) -> dict:
     for step in range(warmup + steps):
         batches = [windows.batch(step, micro) for micro in range(config.gradient_accumulation_steps)]
         start = time.perf_counter()
-        loss, _ = optimizer_step(accelerator, model, optimizer, batches, config.grad_clip)
+        loss, _ = optimizer_step(accelerator, model, optimizer, batches, config.grad_clip, master)
         loss.item()  # wait for the step to finish
         times.append(time.perf_counter() - start)
     step_time = statistics.median(times[warmup:])
@@ -121,7 +137,7 @@ def main():
     parser.add_argument("--steps", type=int, default=10, help="timed steps per run")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--repeats", type=int, default=3, help="runs per (model, precision), interleaved")
-    parser.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS)
+    parser.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=list(PRECISIONS))
     parser.add_argument("--worker", nargs=2, metavar=("MODEL", "PRECISION"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -160,7 +176,7 @@ def main():
             ratio = tok_s / median("llama", precision, "tok_s")
             flops = tok_s * runs[(model, precision)][0]["flops_per_token"]
             print(
-                f"| {model} | {'fp32' if precision == 'no' else 'bf16 autocast'} | {tok_s:,.0f} | {ratio:.2f}x | "
+                f"| {model} | {precision} | {tok_s:,.0f} | {ratio:.2f}x | "
                 f"{tok_s / best_llama:.2f}x | {median(model, precision, 'peak_rss_mb'):,.0f} | "
                 f"{flops / peaks['bf16']:.1%} |"
             )

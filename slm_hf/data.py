@@ -16,7 +16,7 @@ A prepared data folder holds:
 
 Sources:
 
-- ``"sample"``: a few thousand TinyStories stories shipped inside the package (``slm_hf/sample_data/``).
+- ``"sample"``: about 12,000 TinyStories stories (2.5M tokens) shipped inside the package (``slm_hf/sample_data/``).
 - a local path: a ``.txt`` (or ``.txt.gz``) file of stories each followed by a line holding exactly
   ``<|endoftext|>`` (the TinyStories files' format), a ``.jsonl`` / ``.json`` / ``.parquet`` file with a text column,
   a folder of such files, or a folder written by ``Dataset.save_to_disk``.

@@ -182,7 +182,9 @@ class MasterWeights:
 
     def __init__(self, module: torch.nn.Module):
         self.module = module
-        self.compute = copy.deepcopy(module).to(torch.bfloat16)
+        self.compute = copy.deepcopy(module)
+        for parameter in self.compute.parameters():  # parameters only: buffers such as rotary frequencies stay fp32
+            parameter.data = parameter.data.to(torch.bfloat16)
         self.compute.set_attn_implementation("eager")  # CPU SDPA is slower in bf16 than plain products
         self.pairs = [(m, c) for m, c in zip(module.parameters(), self.compute.parameters()) if m.requires_grad]
 
@@ -748,6 +750,7 @@ def train(
             "val/perplexity": math.exp(min(val_loss, 50)),
             "val/bits_per_byte": val_loss / math.log(2) / val_bytes_per_token,
             "train/eval_loss": train_loss,
+            "wall_time_s": round(elapsed(), 1),
         }
         story = sample_story() if main else None
         if config.report_to != "none":

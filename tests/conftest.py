@@ -17,7 +17,7 @@ SCRIPTS_DIR = REPO_ROOT / "scripts"
 
 @pytest.fixture(scope="session")
 def sample_stories():
-    """The shipped sample's stories: {"train": [...] (6,000), "val": [...] (300)}."""
+    """The shipped sample's stories: {"train": [...] (11,952), "val": [...] (300)}."""
     from slm_hf.data import SAMPLE_DIR, SAMPLE_FILES, read_stories
 
     return {split: read_stories(SAMPLE_DIR / name) for split, name in SAMPLE_FILES.items()}
