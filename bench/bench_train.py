@@ -57,17 +57,9 @@ def build_model(name: str, model_config) -> torch.nn.Module:
         from slm_hf import SLMForCausalLM
 
         return SLMForCausalLM(model_config)
-    from peers import llama_config
-    from transformers import LlamaForCausalLM
+    from peers import build_llama
 
-    class ShiftedLlamaForCausalLM(LlamaForCausalLM):
-        """Llama computes a loss only when given `labels`; the loop passes targets already shifted (`shift_labels`),
-        which transformers' causal-LM loss then uses as they are: the same loss function as SLM's."""
-
-        def forward(self, shift_labels=None, **kwargs):
-            return super().forward(labels=shift_labels, shift_labels=shift_labels, **kwargs)
-
-    return ShiftedLlamaForCausalLM(llama_config(model_config))
+    return build_llama(model_config)
 
 
 def training_flops_per_token(model: torch.nn.Module, model_config, block_size: int) -> float:
