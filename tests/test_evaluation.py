@@ -261,3 +261,5 @@ def test_generate_script_streams_stories_for_prompts_from_stdin_from_a_hub_id(ru
     assert unknown.returncode == 2 and unknown.stderr.strip().splitlines()[-1].startswith("error: cannot load")
     bad = _script("generate.py", "--model", run / "final", "--prompt", "x", "--top-p", 2)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: top_p")
+    fast = _script("generate.py", "--model", run / "final", "--prompt", "Tom ran.", "--max-new-tokens", 5, "--int8")
+    assert fast.returncode == 0 and fast.stdout.startswith("Tom ran.") and len(fast.stdout) > len("Tom ran.\n")
