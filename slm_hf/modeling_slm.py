@@ -255,8 +255,8 @@ def causal_lm_loss(
     `ChunkedCrossEntropy`."""
     if shift_labels is None:
         shift_labels = F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
-    targets = shift_labels.reshape(-1).to(logits.device)
-    return ChunkedCrossEntropy.apply(logits.reshape(-1, logits.shape[-1]), targets, ignore_index, num_items_in_batch, chunk)
+    logits, targets = logits.reshape(-1, logits.shape[-1]), shift_labels.reshape(-1).to(logits.device)
+    return ChunkedCrossEntropy.apply(logits, targets, ignore_index, num_items_in_batch, chunk)
 
 
 # ---------------------------------------------------------------------------------------- int8 inference

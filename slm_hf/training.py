@@ -173,8 +173,10 @@ class MasterWeights:
     elementwise passes cost more than the products themselves. Here the whole forward and backward pass runs on a
     bf16 copy of the model (attention as plain bf16 matrix products), and after each backward pass the bf16
     gradients move to the fp32 module, which the optimizer updates and which is copied back into the bf16 one.
-    Updates smaller than bf16's resolution accumulate in the fp32 weights instead of being rounded away. See
-    BENCHMARKS.md for what it measures against autocast.
+    Updates smaller than bf16's resolution accumulate in the fp32 weights instead of being rounded away. (The
+    gradients of one update's micro-batches still add up in bf16, in the buffers DDP all-reduces: with many
+    micro-batches per update that sum is rounded more than under autocast.) See BENCHMARKS.md for what it measures
+    against autocast.
 
     `module` (fp32) is what the optimizer holds, what checkpoints save (`accelerator.register_for_checkpointing`)
     and what the model folders export; `compute` (bf16) is what the loop runs.
