@@ -55,11 +55,16 @@ class StoryTeller:
         self.context = model.config.max_position_embeddings
 
     @classmethod
-    def load(cls, name_or_path: str, revision: str | None = None) -> StoryTeller:
+    def load(cls, name_or_path: str, revision: str | None = None, int8: bool = False) -> StoryTeller:
+        """`int8`: int8 weights (the model's `quantize_int8`), about 2.5x faster stories on a CPU Space."""
         trust_remote_code = not HAVE_SLM_HF  # the model's own code, from the (pinned) revision
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(name_or_path, revision=revision,
                                                      trust_remote_code=trust_remote_code)
+        if int8:
+            if not hasattr(model, "quantize_int8"):
+                raise ValueError(f"int8 needs an SLM model, not a {type(model).__name__}")
+            model.eval().quantize_int8()
         return cls(model, tokenizer)
 
     def check_prompt(self, prompt: str) -> tuple[list[int] | None, str | None]:
@@ -144,6 +149,8 @@ def parse_args(argv=None):
                         help="a model folder (e.g. runs/cpu-demo/final) or a Hub id (default: $MODEL_ID)")
     parser.add_argument("--revision", default=os.environ.get("MODEL_REVISION"),
                         help="Hub revision to load, ideally a commit hash (default: $MODEL_REVISION)")
+    parser.add_argument("--int8", action="store_true", default=os.environ.get("SLM_INT8", "") == "1",
+                        help="int8 weights: about 2.5x faster stories on a CPU (default: $SLM_INT8 == 1)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                         help="address to listen on (0.0.0.0 to serve other machines)")
@@ -156,7 +163,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     try:
-        teller = StoryTeller.load(args.model, revision=args.revision)
+        teller = StoryTeller.load(args.model, revision=args.revision, int8=args.int8)
     except (OSError, ValueError) as error:
         print(f"error: cannot load the model {args.model!r}: {str(error).strip().splitlines()[0]}", file=sys.stderr)
         sys.exit(2)

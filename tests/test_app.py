@@ -69,6 +69,12 @@ def test_the_story_grows_token_by_token(teller):
     assert steps[0].startswith(PROMPT) and len(steps[-1]) > len(PROMPT)
 
 
+def test_the_int8_story_teller_tells_stories(final):
+    teller = _load_app_module().StoryTeller.load(str(final), int8=True)
+    steps = list(teller.tell(PROMPT, max_new_tokens=10, temperature=0.8, top_k=50))
+    assert steps[0].startswith(PROMPT) and len(steps[-1]) > len(PROMPT)
+
+
 def test_an_over_long_prompt_gets_a_polite_message(teller):
     (message,) = teller.tell("Lily had a ball. " * 60, max_new_tokens=40, temperature=0.8, top_k=50)
     assert "please shorten it" in message and str(teller.context - 1) in message
