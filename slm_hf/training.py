@@ -605,6 +605,7 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda done: schedule.lr(done + 1) / schedule.peak)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     weights = model if master is None else master.module  # what the model folders export (fp32 with master weights)
+    precision_name = "bf16 with fp32 master weights" if master is not None else _precision_name(precision)
 
     # Data: random training windows; fixed validation and training batches for evaluation.
     train_windows = TokenWindows(load_tokens(data_dir, "train"), config.block_size, config.batch_size, config.seed, 0)
@@ -646,7 +647,7 @@ def train(
     parameters = sum(p.numel() for p in accelerator.unwrap_model(model).parameters())
     log(
         f"training {parameters / 1e6:.2f}M parameters on {_device_name(accelerator)} x{world}, precision "
-        f"{_precision_name(precision, accelerator.device)}, {tokens_per_step:,} tokens per step ({world} process(es) "
+        f"{precision_name}, {tokens_per_step:,} tokens per step ({world} process(es) "
         f"x {accumulation} micro-batches x {config.batch_size} x {config.block_size}), up to step {state.max_steps}"
     )
 
@@ -698,7 +699,7 @@ def train(
             "val/perplexity": record["val/perplexity"],
             "val/bits_per_byte": record["val/bits_per_byte"],
             "train/loss": record["train/eval_loss"],
-            "precision": _precision_name(precision, accelerator.device),
+            "precision": precision_name,
             "device": _device_name(accelerator),
             "num_processes": world,
             "parameters": parameters,
@@ -1014,9 +1015,7 @@ def _peak_memory(device: torch.device) -> dict[str, float]:
     return {}
 
 
-def _precision_name(precision: str, device: torch.device) -> str:
-    if precision == "bf16" and device.type == "cpu":
-        return "bf16 with fp32 master weights"
+def _precision_name(precision: str) -> str:
     return {"no": "fp32", "fp16": "fp16 mixed", "bf16": "bf16 mixed"}.get(precision, precision)
 
 
