@@ -1,9 +1,11 @@
 """GPU check of the training loop: train `gpu-small` (fp16 with loss scaling) on the shipped sample for a few
 minutes; check the loss falls with no NaN and no runaway skipped updates; report tokens/s, MFU and bits per byte.
 
-    python bench/gpu_train_check.py --out OUT [--minutes 3] [--max-steps 600] [key=value ...]
+    python bench/gpu_train_check.py --out OUT [--data DIR] [--minutes 3] [--max-steps 600] [key=value ...]
 
-Writes OUT/summary.json and prints it; the run itself goes to OUT/run (metrics.jsonl, final/, ...).
+Without --data it first prepares the shipped sample into OUT/data. Writes OUT/summary.json and prints it; the run
+itself goes to OUT/run (metrics.jsonl, final/, ...). `key=value` overrides go to scripts/train.py (e.g.
+`batch_size=256 compile=true`).
 MFU counts 6 x (weights of every matrix product) + 12 x layers x width x context FLOPs per token, against the
 card's dense fp16 peak (`--peak-tflops`, default 989: H100 SXM).
 """
@@ -23,23 +25,27 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--config", default=str(ROOT / "configs" / "gpu-small.yaml"))
+    parser.add_argument("--data", type=Path, help="a prepared data folder (default: prepare the shipped sample)")
     parser.add_argument("--minutes", type=float, default=3.0)
     parser.add_argument("--max-steps", type=int, default=600)
     parser.add_argument("--peak-tflops", type=float, default=989.0)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
 
-    data = args.out / "data"
-    started = time.perf_counter()
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "prepare_data.py"), "--out", str(data)], check=True)
-    print(f"data prepared in {time.perf_counter() - started:.0f} s", flush=True)
+    data = args.data
+    if data is None:
+        data = args.out / "data"
+        started = time.perf_counter()
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "prepare_data.py"), "--out", str(data)], check=True)
+        print(f"data prepared in {time.perf_counter() - started:.0f} s", flush=True)
     run = args.out / "run"
     command = [sys.executable, str(ROOT / "scripts" / "train.py"), "--config", args.config, "--data", str(data)]
     command += ["--out", str(run), "--overwrite", f"max_minutes={args.minutes}", f"max_steps={args.max_steps}"]
     command += args.overrides
     status = subprocess.run(command).returncode
 
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    metrics = run / "metrics.jsonl"
+    records = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
     train = [r for r in records if "train/loss" in r]
     evals = [r for r in records if "val/loss" in r]
     speeds = sorted(r["tokens_per_s"] for r in train if "tokens_per_s" in r)
@@ -48,6 +54,7 @@ def main():
     median_speed = speeds[len(speeds) // 2] if speeds else None
     summary = {
         "status": status,
+        "overrides": args.overrides,
         "steps": train[-1]["step"] if train else 0,
         "first_losses": [r["train/loss"] for r in train[:3]],
         "last_losses": [r["train/loss"] for r in train[-3:]],
@@ -55,6 +62,7 @@ def main():
         "loss_fell": bool(train) and train[-1]["train/loss"] < train[0]["train/loss"] - 1.0,
         "skipped_steps": max((r.get("skipped_steps", 0) for r in train), default=0),
         "median_tokens_per_s": median_speed,
+        "tokens_per_s_windows": [round(speed) for speed in speeds],
         "mfu": median_speed * flops_per_token / (args.peak_tflops * 1e12) if flops_per_token else None,
         "evals": [{k: r[k] for k in ("step", "val/loss", "val/bits_per_byte", "train/eval_loss")} for r in evals],
         "precision": results.get("precision"),

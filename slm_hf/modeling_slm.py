@@ -249,13 +249,18 @@ def causal_lm_loss(
     shift_labels: torch.Tensor | None = None,
     num_items_in_batch: torch.Tensor | None = None,
     ignore_index: int = -100,
-    chunk: int = 256,
+    chunk: int | None = None,
 ) -> torch.Tensor:
     """transformers' causal-LM loss (`labels` are shifted by one, `shift_labels` are not), through
-    `ChunkedCrossEntropy`."""
+    `ChunkedCrossEntropy`, `chunk` rows at a time.
+
+    By default 256 rows on a CPU (they stay in its caches) and 64M logits elsewhere: a GPU wants few, large kernels,
+    and its kernel launches, not its memory, are what many small chunks would cost."""
     if shift_labels is None:
         shift_labels = F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
     logits, targets = logits.reshape(-1, logits.shape[-1]), shift_labels.reshape(-1).to(logits.device)
+    if chunk is None:
+        chunk = 256 if logits.device.type == "cpu" else max(256, 2**26 // logits.shape[-1])
     return ChunkedCrossEntropy.apply(logits, targets, ignore_index, num_items_in_batch, chunk)
 
 

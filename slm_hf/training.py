@@ -25,6 +25,7 @@ Several processes (DDP, FSDP, DeepSpeed, several machines) run the same code: se
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -199,6 +200,41 @@ class MasterWeights:
     @torch.no_grad()
     def master_to_compute(self) -> None:
         torch._foreach_copy_([compute for _, compute in self.pairs], [master for master, _ in self.pairs])
+
+
+def compile_blocks(model: torch.nn.Module) -> int:
+    """`torch.compile` each transformer block of `model` in place (the classes its `_no_split_modules` names: the
+    decoder layers); returns how many.
+
+    Compiling the blocks, not the whole model, leaves the model's own Python (masks, loss, `generate()`) eager and the
+    state dict's names unchanged; the blocks are alike, so they share one compiled graph.
+    """
+    names = set(getattr(model, "_no_split_modules", None) or ())
+    blocks = [module for module in model.modules() if type(module).__name__ in names]
+    if not blocks:
+        raise SLMError(f"compile: {type(model).__name__} names no transformer blocks (_no_split_modules) to compile")
+    for block in blocks:
+        block.compile()
+    return len(blocks)
+
+
+class LossScaleWatch:
+    """Counts the fp16 updates the loss scaler skipped, from its scale: it halves exactly when gradients overflowed.
+
+    (`accelerator.optimizer_step_was_skipped` cannot tell: with a fused optimizer, which skips an overflowed update
+    inside its own kernel, Accelerate reports every update as done.) Reading the scale waits for the GPU: one host
+    sync per update, only under fp16.
+    """
+
+    def __init__(self, accelerator: Accelerator):
+        self.scaler = accelerator.scaler
+        self.scale = self.scaler.get_scale() if self.scaler is not None else None
+
+    def update_was_skipped(self) -> bool:
+        if self.scaler is None:
+            return False
+        previous, self.scale = self.scale, self.scaler.get_scale()
+        return self.scale < previous
 
 
 # ---------------------------------------------------------------------------------------------- optimizer
@@ -598,6 +634,8 @@ def train(
         master = MasterWeights(model)
         model = master.compute
         accelerator.register_for_checkpointing(master.module)
+    if config.compile:
+        compile_blocks(model)
     schedule = Schedule(
         config.learning_rate, config.min_lr, config.warmup_steps, config.max_steps, config.warmup_start_factor
     )
@@ -676,7 +714,9 @@ def train(
         unwrapped = accelerator.unwrap_model(model)
         devices = [accelerator.device] if accelerator.device.type == "cuda" else []
         unwrapped.eval()
-        with torch.random.fork_rng(devices=devices, device_type=accelerator.device.type), torch.no_grad():
+        # Compiled blocks would be recompiled for every length of the growing cache: generate eagerly.
+        eager = torch.compiler.set_stance("force_eager") if config.compile else contextlib.nullcontext()
+        with torch.random.fork_rng(devices=devices, device_type=accelerator.device.type), torch.no_grad(), eager:
             torch.manual_seed(config.seed)
             prompt = torch.tensor([[model_config.bos_token_id]], device=accelerator.device)
             mask = torch.ones_like(prompt)
@@ -793,6 +833,7 @@ def train(
     step_times: list[float] = []  # seconds of each training step (evaluations and checkpoints left out)
     eval_time = None
     interrupted = None
+    loss_scale = LossScaleWatch(accelerator)
     model.train()
     with StopSignals(verbose=main) as signals:
         while state.step < state.max_steps:
@@ -803,7 +844,7 @@ def train(
             batches = ((to_device(x), to_device(y)) for x, y in batches)
             lr = scheduler.get_last_lr()[0]
             loss, grad_norm = optimizer_step(accelerator, model, optimizer, batches, config.grad_clip, master)
-            if accelerator.optimizer_step_was_skipped:
+            if loss_scale.update_was_skipped():
                 state.skipped_steps += 1
                 log(f"step {state.step + 1}: fp16 gradients overflowed, update skipped (loss scale lowered)")
             else:

@@ -48,6 +48,7 @@ RESUMABLE_KEYS = (
     "log_interval",
     "report_to",
     "mixed_precision",
+    "compile",
     "gradient_accumulation_steps",  # checked as the global number of micro-batches instead (processes x this)
 )
 
@@ -94,6 +95,9 @@ class TrainingConfig:
 
     # Precision: auto (fp16 on CUDA, bf16 on a CPU where it measures faster, else fp32), no, fp16 or bf16.
     mixed_precision: str = "auto"
+    # torch.compile each decoder layer: fewer, fused kernels (on a GPU the small operations of a narrow model cost
+    # more than its matrix products). Compiling takes a minute or so and needs a C compiler.
+    compile: bool = False
 
     # Monitoring.
     eval_interval: int = 100  # steps between evaluations (and a final one at the end)
