@@ -12,6 +12,7 @@ time as tokens/s, the ratio to Llama at the same precision and to Llama's best p
 FLOP utilisation against the bf16 matrix-product peak measured here.
 
     python bench/bench_train.py                          # 10 timed steps after 3 warm-up steps, 3 repeats
+    (the compiled mode's warm-up steps include compiling: a C++ compiler must be installed)
     python bench/bench_train.py --steps 2 --warmup 1 --repeats 1     # a quick check
 """
 
@@ -31,14 +32,15 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "cpu-demo.yaml"
 MODELS = ("slm", "llama")
-# (name, Accelerate's mixed_precision, attention, master weights): fp32; Accelerate's bf16 autocast with the default
-# (SDPA) and the eager attention; and the loop's own bf16 on a CPU: a bf16 model with fp32 master weights
-# (slm_hf.training.MasterWeights, eager attention).
+# (name, Accelerate's mixed_precision, attention, master weights, compiled): fp32; Accelerate's bf16 autocast with
+# the default (SDPA) and the eager attention; the loop's own bf16 on a CPU: a bf16 model with fp32 master weights
+# (slm_hf.training.MasterWeights, eager attention); and that with each decoder layer compiled (`compile=true`).
 PRECISIONS = {
-    "fp32": ("no", "sdpa", False),
-    "bf16-autocast": ("bf16", "sdpa", False),
-    "bf16-autocast-eager": ("bf16", "eager", False),
-    "bf16-master": ("no", "eager", True),
+    "fp32": ("no", "sdpa", False, False),
+    "bf16-autocast": ("bf16", "sdpa", False, False),
+    "bf16-autocast-eager": ("bf16", "eager", False, False),
+    "bf16-master": ("no", "eager", True, False),
+    "bf16-master-compiled": ("no", "eager", True, True),
 }
 
 
@@ -73,10 +75,10 @@ def worker(model_name: str, precision: str, steps: int, warmup: int) -> dict:
     """Time `steps` training steps (after `warmup`) of one model at one precision; runs in its own process."""
     from accelerate import Accelerator
 
-    from slm_hf.training import MasterWeights, TokenWindows, build_optimizer, optimizer_step
+    from slm_hf.training import MasterWeights, TokenWindows, build_optimizer, compile_blocks, optimizer_step
 
     config, model_config = shape()
-    mixed_precision, attention, master_weights = PRECISIONS[precision]
+    mixed_precision, attention, master_weights, compiled = PRECISIONS[precision]
     baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     accelerator = Accelerator(mixed_precision=mixed_precision)
     model = build_model(model_name, model_config)
@@ -87,6 +89,8 @@ def worker(model_name: str, precision: str, steps: int, warmup: int) -> dict:
     if master_weights:
         master = MasterWeights(model)
         model = master.compute
+    if compiled:
+        compile_blocks(model)
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
     tokens = np.random.default_rng(0).integers(0, model_config.vocab_size, 1_000_000).astype(np.uint16)

@@ -218,6 +218,16 @@ def compile_blocks(model: torch.nn.Module) -> int:
     return len(blocks)
 
 
+def missing_compiler(device: torch.device) -> str | None:
+    """What `torch.compile` lacks on this machine to build its kernels, or None: a C++ compiler for CPU kernels, a C
+    compiler for Triton's GPU kernel launchers."""
+    if device.type == "cpu":
+        names, what = (os.environ.get("CXX"), "g++", "c++", "clang++"), "a C++ compiler (g++)"
+    else:
+        names, what = (os.environ.get("CC"), "cc", "gcc", "clang"), "a C compiler (gcc)"
+    return None if any(name and shutil.which(name) for name in names) else what
+
+
 class LossScaleWatch:
     """Counts the fp16 updates the loss scaler skipped, from its scale: it halves exactly when gradients overflowed.
 
@@ -634,7 +644,9 @@ def train(
         master = MasterWeights(model)
         model = master.compute
         accelerator.register_for_checkpointing(master.module)
-    if config.compile:
+    if config.compile and (missing := missing_compiler(distributed.device)):
+        log(f"warning: compile=true needs {missing}, which this machine lacks: training without compiling")
+    elif config.compile:
         compile_blocks(model)
     schedule = Schedule(
         config.learning_rate, config.min_lr, config.warmup_steps, config.max_steps, config.warmup_start_factor

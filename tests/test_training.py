@@ -14,13 +14,22 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
 import torch
 
 from slm_hf.data import prepare_data
-from slm_hf.training import SAVE_PAUSE_ENV, Schedule, checkpoint_problem, latest_checkpoint, list_checkpoints
+from slm_hf.training import (
+    SAVE_PAUSE_ENV,
+    LossScaleWatch,
+    Schedule,
+    checkpoint_problem,
+    latest_checkpoint,
+    list_checkpoints,
+    missing_compiler,
+)
 from slm_hf.training_config import TrainingConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -245,6 +254,42 @@ def test_bf16_with_master_weights_resumes_exactly_and_exports_fp32(data_dir, tmp
     # The exported fp32 weights are not bf16 values: the master weights kept what bf16 would have rounded away.
     embedding = next(tensor for name, tensor in weights.items() if "embed_tokens" in name)
     assert not torch.equal(embedding, embedding.bfloat16().float())
+
+
+def test_loss_scale_watch_counts_the_updates_a_fused_optimizer_skipped():
+    """fp16: a fused AdamW skips an overflowed update inside its own kernel (Accelerate then reports it as done);
+    the loss scale, halved, tells."""
+    parameter = torch.nn.Parameter(torch.ones(4))
+    optimizer = torch.optim.AdamW([parameter], lr=0.1, fused=True)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    watch = LossScaleWatch(types.SimpleNamespace(scaler=scaler))
+    for gradient, skipped in ((math.inf, True), (1.0, False), (math.nan, True)):
+        before = parameter.detach().clone()
+        scaler.scale((parameter * gradient).sum()).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad()
+        assert watch.update_was_skipped() is skipped
+        assert torch.equal(parameter, before) is skipped
+    assert not LossScaleWatch(types.SimpleNamespace(scaler=None)).update_was_skipped()  # no fp16, nothing skipped
+
+
+@pytest.mark.skipif(missing_compiler(torch.device("cpu")) is not None, reason="torch.compile needs a C++ compiler")
+def test_compiled_blocks_train_like_eager_and_export_the_same_weights(data_dir, tmp_path):
+    run = [*RUN, "max_steps=30", "eval_interval=30"]
+    run_train(data_dir, tmp_path / "eager", *run)
+    run_train(data_dir, tmp_path / "compiled", *run, "compile=true")
+    eager, compiled = step_losses(tmp_path / "eager"), step_losses(tmp_path / "compiled")
+    for eager_losses, compiled_losses in zip(eager, compiled):
+        assert eager_losses.keys() == compiled_losses.keys()
+        assert compiled_losses == pytest.approx(eager_losses, abs=2e-3)  # fused kernels round differently
+
+    from safetensors.torch import load_file
+
+    eager = load_file(tmp_path / "eager" / "final" / "model.safetensors")
+    compiled = load_file(tmp_path / "compiled" / "final" / "model.safetensors")
+    assert compiled.keys() == eager.keys()
+    assert all(torch.allclose(compiled[name], eager[name], atol=1e-3) for name in eager)
 
 
 def test_kill_during_checkpoint_save_leaves_nothing_to_resume_from(data_dir, reference, tmp_path):
