@@ -85,6 +85,7 @@ LLAMA_RECIPE = dict(
     eps=1e-8,
     grad_clip=1.0,
     mixed_precision="bf16",
+    compile=False,  # plain: eager PyTorch
 )
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
+from torch.autograd import DeviceType
 
 from slm_hf import SLMForCausalLM
 from slm_hf.training import TokenWindows, build_optimizer, compile_blocks, optimizer_step
@@ -61,7 +62,8 @@ def main():
         synchronize()
     wall = (time.perf_counter() - started) / args.steps
     events = profile.key_averages()
-    gpu_total = sum(e.self_device_time_total for e in events) / 1e6 / args.steps
+    kernels = [e for e in events if e.device_type == DeviceType.CUDA]  # operators would count their kernels again
+    gpu_total = sum(e.self_device_time_total for e in kernels) / 1e6 / args.steps
     tokens_per_step = config.batch_size * block_size * config.gradient_accumulation_steps
     print(f"step: {wall * 1e3:.1f} ms wall (profiled), GPU busy {gpu_total * 1e3:.1f} ms; "
           f"{tokens_per_step / wall:,.0f} tokens/s")

@@ -28,7 +28,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--report-to", choices=TRACKERS, help="overrides the config's report_to")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier run's outputs in --out")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # key=value overrides may come before, between or after the flags
 
 
 @exit_on_error

@@ -648,6 +648,9 @@ def train(
         log(f"warning: compile=true needs {missing}, which this machine lacks: training without compiling")
     elif config.compile:
         compile_blocks(model)
+        if precision == "bf16" and distributed.device.type == "cuda":
+            log("warning: bf16 with compiled layers diverged in our GPU measurements (torch 2.11, BENCHMARKS.md) "
+                "where fp16 trained well: prefer --mixed-precision fp16 with compile=true")
     schedule = Schedule(
         config.learning_rate, config.min_lr, config.warmup_steps, config.max_steps, config.warmup_start_factor
     )

@@ -348,6 +348,11 @@ def load_train_script():
     return module
 
 
+def test_overrides_may_come_between_the_flags():
+    args = load_train_script().parse_args(["compile=true", "--mixed-precision", "bf16", "max_steps=30", "--overwrite"])
+    assert args.overrides == ["compile=true", "max_steps=30"] and args.mixed_precision == "bf16" and args.overwrite
+
+
 def test_bad_input_is_one_line_and_status_2(tmp_path):
     """As a subprocess: what a user sees."""
     not_data = tmp_path / "not-data"
