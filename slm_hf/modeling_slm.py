@@ -246,19 +246,28 @@ class ChunkedCrossEntropy(torch.autograd.Function):
 def causal_lm_loss(
     logits: torch.Tensor,
     labels: torch.Tensor | None = None,
-    shift_labels: torch.Tensor | None = None,
+    vocab_size: int | None = None,
     num_items_in_batch: torch.Tensor | None = None,
     ignore_index: int = -100,
+    shift_labels: torch.Tensor | None = None,
     chunk: int | None = None,
+    **kwargs,
 ) -> torch.Tensor:
-    """transformers' causal-LM loss (`labels` are shifted by one, `shift_labels` are not), through
-    `ChunkedCrossEntropy`, `chunk` rows at a time.
+    """transformers' causal-LM loss (`ForCausalLMLoss`: the same arguments; `labels` are shifted by one, `shift_labels`
+    are not), computed by `ChunkedCrossEntropy`, `chunk` rows at a time.
 
     By default 256 rows on a CPU (they stay in its caches) and 64M logits elsewhere: a GPU wants few, large kernels,
-    and its kernel launches, not its memory, are what many small chunks would cost."""
+    and its kernel launches, not its memory, are what many small chunks would cost. Under `torch.compile` (the
+    training's `compile=true` compiles this function) it is plain `F.cross_entropy` of the fp32 logits instead: the
+    compiler fuses the cast, the log-softmax and its gradient into one pass over the logits each way.
+    """
     if shift_labels is None:
         shift_labels = F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
     logits, targets = logits.reshape(-1, logits.shape[-1]), shift_labels.reshape(-1).to(logits.device)
+    if torch.compiler.is_compiling():
+        count = (targets != ignore_index).sum() if num_items_in_batch is None else num_items_in_batch
+        loss = F.cross_entropy(logits.float(), targets, ignore_index=ignore_index, reduction="sum")
+        return loss / torch.as_tensor(count, device=loss.device).clamp(min=1)
     if chunk is None:
         chunk = 256 if logits.device.type == "cpu" else max(256, 2**26 // logits.shape[-1])
     return ChunkedCrossEntropy.apply(logits, targets, ignore_index, num_items_in_batch, chunk)
@@ -477,6 +486,7 @@ class SLMForCausalLM(SLMPreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.model = SLMModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.loss_function = causal_lm_loss  # transformers' hook: any function with ForCausalLMLoss's arguments
         self.post_init()
 
     @torch.no_grad()
@@ -529,7 +539,13 @@ class SLMForCausalLM(SLMPreTrainedModel, GenerationMixin):
 
         loss = None
         if labels is not None or shift_labels is not None:
-            loss = causal_lm_loss(logits, labels, shift_labels, **loss_kwargs)
+            loss = self.loss_function(
+                logits=logits,
+                labels=labels,
+                vocab_size=self.config.vocab_size,
+                shift_labels=shift_labels,
+                **loss_kwargs,
+            )
         return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache)
 
 

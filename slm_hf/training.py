@@ -204,10 +204,11 @@ class MasterWeights:
 
 def compile_blocks(model: torch.nn.Module) -> int:
     """`torch.compile` each transformer block of `model` in place (the classes its `_no_split_modules` names: the
-    decoder layers); returns how many.
+    decoder layers) and its loss function (transformers' `model.loss_function`); returns how many blocks.
 
-    Compiling the blocks, not the whole model, leaves the model's own Python (masks, loss, `generate()`) eager and the
-    state dict's names unchanged; the blocks are alike, so they share one compiled graph.
+    Compiling the pieces, not the whole model, leaves the model's own Python (masks, `generate()`) eager, keeps
+    the causal attention on its flash kernels (under compile, transformers builds a full mask instead) and the state
+    dict's names unchanged; the blocks are alike, so they share one compiled graph.
     """
     names = set(getattr(model, "_no_split_modules", None) or ())
     blocks = [module for module in model.modules() if type(module).__name__ in names]
@@ -215,6 +216,8 @@ def compile_blocks(model: torch.nn.Module) -> int:
         raise SLMError(f"compile: {type(model).__name__} names no transformer blocks (_no_split_modules) to compile")
     for block in blocks:
         block.compile()
+    if isinstance(model, PreTrainedModel):
+        model.loss_function = torch.compile(model.loss_function, dynamic=False)
     return len(blocks)
 
 

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -243,6 +244,26 @@ def test_loss_and_its_gradient_equal_pytorch_cross_entropy_in_fp32(dtype):
     tolerance = 1e-7 if dtype == torch.float32 else 1e-2 * expected_logits.grad.abs().max().item()
     torch.testing.assert_close(logits.grad.float(), expected_logits.grad, atol=tolerance, rtol=1e-2)
     assert logits.grad[0, :7].abs().sum() == 0  # ignored positions get no gradient
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on a CPU needs a C++ compiler")
+def test_compiled_loss_equals_the_chunked_one():
+    """Under torch.compile (training's compile=true) the loss is plain fp32 cross-entropy for the compiler to fuse."""
+    from slm_hf.modeling_slm import causal_lm_loss
+
+    torch.manual_seed(0)
+    logits = (3 * torch.randn(2, 40, 97)).requires_grad_()
+    labels = torch.randint(0, 97, (2, 40))
+    labels[1, 30:] = -100
+    losses, gradients = [], []
+    for loss_function in (causal_lm_loss, torch.compile(causal_lm_loss, dynamic=False)):
+        logits.grad = None
+        loss = loss_function(logits=logits, labels=labels, vocab_size=97)
+        loss.backward()
+        losses.append(loss.detach())
+        gradients.append(logits.grad.clone())
+    torch.testing.assert_close(losses[1], losses[0])
+    torch.testing.assert_close(gradients[1], gradients[0])
 
 
 def test_bf16_eager_attention_stays_close_to_fp32_sdpa():
