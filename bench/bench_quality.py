@@ -25,6 +25,7 @@ and a markdown table on stdout.
     python bench/bench_quality.py                                        # 10, 30 and 60 minutes: about 7 hours
     python bench/bench_quality.py --budgets 10 --recipes ours llama      # one budget, two recipes
     python bench/bench_quality.py --recipes ours --rerun                 # retrain `ours` after tuning cpu-demo
+    python bench/bench_quality.py --recipes ours --budgets 10 --tag lr3e-3 --set learning_rate=3e-3 min_lr=3e-4
     OMP_NUM_THREADS=1 python bench/bench_quality.py --budgets 0.5 --out /tmp/bq    # a quick check
 """
 
@@ -38,7 +39,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
@@ -46,9 +47,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 import torch  # noqa: E402
 from peers import build_llama  # noqa: E402
 
+from slm_hf.atomic_files import atomic_path, write_json  # noqa: E402
 from slm_hf.data import prepare_data, read_meta  # noqa: E402
 from slm_hf.errors import SLMError, exit_on_error  # noqa: E402
-from slm_hf.evaluation import evaluate_data_folder, write_json  # noqa: E402
+from slm_hf.evaluation import evaluate_data_folder  # noqa: E402
 from slm_hf.generation import load_pretrained  # noqa: E402
 from slm_hf.training import train  # noqa: E402
 from slm_hf.training_config import TrainingConfig  # noqa: E402
@@ -111,12 +113,14 @@ def prepare(shared_data: Path, out: Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- recipes
-def recipe_config(recipe: str, budget_min: float) -> tuple[TrainingConfig, object]:
-    """The training config of `recipe` for a budget of `budget_min` minutes, and its model factory (None: SLM)."""
+def recipe_config(recipe: str, budget_min: float, overrides: list[str] = ()) -> tuple[TrainingConfig, object]:
+    """The training config of `recipe` for a budget of `budget_min` minutes, and its model factory (None: SLM).
+    `overrides` (`key=value`, a recipe search's variant) apply to our recipes only."""
     if recipe == "seed":  # its 625 steps are its recipe; a CPU never gets there in these budgets
         return replace(TrainingConfig.load(ROOT / "configs" / "seed.yaml"), max_minutes=budget_min), None
-    config = replace(TrainingConfig.load(ROOT / "configs" / "cpu-demo.yaml"), max_minutes=budget_min,
-                     max_steps=UNBOUNDED_STEPS)
+    ours = recipe.startswith("ours")
+    config = replace(TrainingConfig.load(ROOT / "configs" / "cpu-demo.yaml", list(overrides) if ours else []),
+                     max_minutes=budget_min, max_steps=UNBOUNDED_STEPS)
     if recipe == "ours":
         return config, None
     if recipe == "ours-dropout":  # for budgets that pass over the 2.5M training tokens many times
@@ -126,20 +130,34 @@ def recipe_config(recipe: str, budget_min: float) -> tuple[TrainingConfig, objec
     raise ValueError(f"unknown recipe {recipe!r}")
 
 
+@dataclass(frozen=True)
+class Variant:
+    """A point of the recipe search: `key=value` overrides of our recipes, named by `tag` in the results."""
+
+    tag: str | None = None
+    overrides: tuple[str, ...] = ()
+
+    def label(self, recipe: str) -> str:
+        return f"{recipe}+{self.tag}" if self.tag and recipe.startswith("ours") else recipe
+
+
 def run_name(recipe: str, budget_min: float) -> str:
     return f"{recipe}-{budget_min:g}min"
 
 
 # ------------------------------------------------------------------------------------------- one run
-def train_and_evaluate(recipe: str, budget_min: float, data_dir: Path, out: Path, eval_batch_size: int) -> dict:
+def train_and_evaluate(
+    recipe: str, budget_min: float, data_dir: Path, out: Path, eval_batch_size: int, variant: Variant
+) -> dict:
     """Train one recipe for one budget (replacing an unfinished run in its folder), then score its best model."""
-    config, model_factory = recipe_config(recipe, budget_min)
-    run_dir = out / "runs" / run_name(recipe, budget_min)
-    print(f"\n## {run_name(recipe, budget_min)}: training into {run_dir}", flush=True)
+    config, model_factory = recipe_config(recipe, budget_min, variant.overrides)
+    label = variant.label(recipe)
+    run_dir = out / "runs" / run_name(label, budget_min)
+    print(f"\n## {run_name(label, budget_min)}: training into {run_dir}", flush=True)
     started = time.perf_counter()
     outcome = train(config, data_dir, run_dir, overwrite=True, model_factory=model_factory)
     if outcome.final_dir is None:
-        raise SLMError(f"{run_name(recipe, budget_min)} was interrupted ({outcome.interrupted_by}); run again")
+        raise SLMError(f"{run_name(label, budget_min)} was interrupted ({outcome.interrupted_by}); run again")
     run_seconds = time.perf_counter() - started
 
     evaluated = run_dir / "best" if (run_dir / "best" / "config.json").is_file() else run_dir / "final"
@@ -156,7 +174,8 @@ def train_and_evaluate(recipe: str, budget_min: float, data_dir: Path, out: Path
     del model
 
     return {
-        "recipe": recipe,
+        "recipe": label,
+        "overrides": list(variant.overrides) if label != recipe else [],
         "budget_min": budget_min,
         "run_dir": str(run_dir),
         "evaluated": evaluated.name,
@@ -257,10 +276,9 @@ def plot(results: dict, recipes: list[str], budgets: list[float], path: Path) ->
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
-    temporary = path.with_name(f".tmp-{path.name}")
-    figure.savefig(temporary, format="png")
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png")
     plt.close(figure)
-    temporary.replace(path)
     return path
 
 
@@ -285,7 +303,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--rerun", action="store_true", help="train the selected runs again even if results.json "
                                                              "holds them")
     parser.add_argument("--eval-batch-size", type=int, default=16, help="windows per forward pass when scoring")
+    parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="key=value",
+                        help="recipe search: override our recipes' config (cpu-demo.yaml); needs --tag")
+    parser.add_argument("--tag", help="name of the --set variant: its runs are {recipe}+{tag}-{budget}min")
     args = parser.parse_args(argv)
+    if bool(args.overrides) != bool(args.tag):
+        parser.error("--set and --tag go together")
     if any(not (b > 0 and math.isfinite(b)) for b in args.budgets):
         parser.error("--budgets must be positive numbers of minutes")
     return args
@@ -304,14 +327,16 @@ def main(argv=None) -> None:
     results["data"] = {key: read_meta(data_dir)[key] for key in ("source", "vocab_size", "splits", "validation")}
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads; results in {results_path}")
 
+    variant = Variant(args.tag, tuple(args.overrides))
+    labels = [variant.label(recipe) for recipe in args.recipes]
     for budget in args.budgets:  # the short budgets first: a usable table early
         for recipe in args.recipes:
-            name = run_name(recipe, budget)
+            name = run_name(variant.label(recipe), budget)
             if name in results["runs"] and not args.rerun:
                 print(f"## {name}: done earlier ({results['runs'][name]['val_bits_per_byte']:.3f} bits/byte), "
                       f"skipped")
                 continue
-            run = train_and_evaluate(recipe, budget, data_dir, out, args.eval_batch_size)
+            run = train_and_evaluate(recipe, budget, data_dir, out, args.eval_batch_size, variant)
             results["runs"][name] = {**run, "machine": machine()}
             write_json(results_path, results)
             print(f"## {name}: {run['steps']:,} steps, {run['tokens']:,} tokens, {run['tokens_per_s']:,.0f} tok/s, "
@@ -319,12 +344,12 @@ def main(argv=None) -> None:
                   f"(loop's estimate {run['loop_val_bits_per_byte']:.4f}), evaluated in {run['eval_s']:.0f} s\n"
                   f"   sample: {run['sample']!r}", flush=True)
 
-    figure = plot(results, args.recipes, args.budgets, out / "quality_per_minute.png")
+    figure = plot(results, labels, args.budgets, out / "quality_per_minute.png")
     print(f"\nValidation bits per byte on {results['data']['splits']['val']['stories']:,} held-out stories "
           f"({results['data']['splits']['val']['tokens']:,} tokens), best model of each run; plot: {figure}\n")
-    print(table(results, args.recipes, args.budgets))
+    print(table(results, labels, args.budgets))
     print()
-    print(details(results, args.recipes, args.budgets))
+    print(details(results, labels, args.budgets))
 
 
 if __name__ == "__main__":

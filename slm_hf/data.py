@@ -58,6 +58,7 @@ import numpy as np
 from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
+from .atomic_files import write_json
 from .errors import SLMError
 from .tokenization import (
     EOS_TOKEN,
@@ -298,7 +299,7 @@ def _write_data_folder(out_dir: Path, corpus: _Corpus, text_tokenizer, meta: dic
             meta["splits"][split] = stats.as_meta()
         meta["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         meta["tokenize_seconds"] = round(time.perf_counter() - started, 2)
-        _write_json(staging / _META_FILE, meta)
+        write_json(staging / _META_FILE, meta)
         _commit(staging, out_dir)
 
 
@@ -849,10 +850,6 @@ def _commit(staging: Path, out_dir: Path) -> None:
             shutil.rmtree(target)
         os.replace(staging / name, target)
     os.replace(staging / _META_FILE, out_dir / _META_FILE)
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def _options_for_fingerprint(options: DataOptions) -> dict[str, Any]:

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from . import atomic_files
 from .errors import SLMError
 from .generation import GenerationSettings, context_length, generate_ids
 
@@ -431,10 +432,7 @@ def write_json(path: str | os.PathLike, result: dict) -> Path:
     """Write `result` as JSON to `path`, atomically (a temporary name, then a rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
-    return path
+    return atomic_files.write_json(path, result)
 
 
 def summary(result: dict) -> str:

@@ -25,6 +25,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .atomic_files import atomic_path
 from .errors import SLMError
 from .evaluation import QUALITY_PROMPTS, QUALITY_SETTINGS
 
@@ -73,9 +74,8 @@ def write_model_card(
     model_dir = Path(model_dir)
     card = render_model_card(model_dir, repo_id=repo_id, model_name=model_name, num_samples=num_samples)
     path = model_dir / "README.md"
-    temporary = path.with_name(f".tmp-{path.name}")
-    card.save(temporary)
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        card.save(temporary)
     return path
 
 

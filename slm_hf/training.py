@@ -47,6 +47,7 @@ from accelerate.utils import ProjectConfiguration, broadcast_object_list, parse_
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedModel
 
+from .atomic_files import atomic_path, copy_file, write_json, write_text
 from .configuration_slm import SLMConfig
 from .data import load_tokens, read_meta
 from .errors import SLMError
@@ -363,7 +364,7 @@ def save_checkpoint(
         config.save(temporary / "train_config.yaml")
         accelerator.unwrap_model(model).config.save_pretrained(temporary)
         files = {p.name: p.stat().st_size for p in sorted(temporary.iterdir()) if p.is_file()}
-        _write_json(temporary / STATE_FILE, {**state.to_json(), "files": files})
+        write_json(temporary / STATE_FILE, {**state.to_json(), "files": files})
         if os.environ.get(SAVE_PAUSE_ENV):
             time.sleep(float(os.environ[SAVE_PAUSE_ENV]))
         _replace_dir(temporary, final)
@@ -425,7 +426,7 @@ class MetricsLog:
             path.unlink(missing_ok=True)
         else:  # forget what a killed run logged after its last checkpoint: the resumed run logs it again
             kept = [record for record in self.read() if record["step"] <= resume_step]
-            _write_text(path, "".join(json.dumps(record) + "\n" for record in kept))
+            write_text(path, "".join(json.dumps(record) + "\n" for record in kept))
 
     def write(self, record: dict[str, Any]) -> None:
         if self.enabled:
@@ -460,10 +461,9 @@ def plot_loss_curve(records: list[dict[str, Any]], path: Path) -> Path:
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
-    temporary = path.with_name(f".tmp-{path.name}")
-    figure.savefig(temporary, format="png")
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png")
     plt.close(figure)
-    os.replace(temporary, path)
     return path
 
 
@@ -492,7 +492,7 @@ def export_model(
         with quiet_progress_bars():  # inside the training bar
             accelerator.unwrap_model(model).save_pretrained(temporary, state_dict=state_dict)
         save_tokenizer(tokenizer, temporary)
-        _write_json(temporary / "training_results.json", results)
+        write_json(temporary / "training_results.json", results)
         config.save(temporary / "train_config.yaml")
         if loss_curve is not None and loss_curve.is_file():
             shutil.copy2(loss_curve, temporary / "loss_curve.png")
@@ -732,8 +732,9 @@ def train(
         unwrapped = accelerator.unwrap_model(model)
         devices = [accelerator.device] if accelerator.device.type == "cuda" else []
         unwrapped.eval()
-        # Compiled blocks would be recompiled for every length of the growing cache: generate eagerly.
-        eager = torch.compiler.set_stance("force_eager") if config.compile else contextlib.nullcontext()
+        # Compiled blocks would be recompiled for every length of the growing cache: generate eagerly (torch >= 2.6).
+        set_stance = getattr(torch.compiler, "set_stance", None)
+        eager = set_stance("force_eager") if config.compile and set_stance else contextlib.nullcontext()
         with torch.random.fork_rng(devices=devices, device_type=accelerator.device.type), torch.no_grad(), eager:
             torch.manual_seed(config.seed)
             prompt = torch.tensor([[model_config.bos_token_id]], device=accelerator.device)
@@ -926,7 +927,7 @@ def train(
         accelerator, weights, tokenizer, out_dir / "final", results(final_record), config, curve, model_card=card
     )
     if main and (out_dir / "best").is_dir():
-        _copy_file(curve, out_dir / "best" / "loss_curve.png")
+        copy_file(curve, out_dir / "best" / "loss_curve.png")
         if card:
             write_card(out_dir / "best")
     accelerator.wait_for_everyone()
@@ -1076,22 +1077,6 @@ def _peak_memory(device: torch.device) -> dict[str, float]:
 
 def _precision_name(precision: str) -> str:
     return {"no": "fp32", "fp16": "fp16 mixed", "bf16": "bf16 mixed"}.get(precision, precision)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    _write_text(path, json.dumps(data, indent=2) + "\n")
-
-
-def _write_text(path: Path, text: str) -> None:
-    temporary = path.with_name(f".tmp-{path.name}")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
-
-
-def _copy_file(source: Path, target: Path) -> None:
-    temporary = target.with_name(f".tmp-{target.name}")
-    shutil.copy2(source, temporary)
-    os.replace(temporary, target)
 
 
 def _replace_dir(source: Path, target: Path) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from .atomic_files import write_text
 from .configuration_slm import PRESETS, SLMConfig
 from .errors import SLMError
 
@@ -187,10 +188,7 @@ class TrainingConfig:
 
     def save(self, path: str | Path) -> None:
         """Write the config as YAML (through a temporary file, so a reader never sees half of it)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
-        tmp.replace(path)
+        write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainingConfig:
