@@ -113,13 +113,12 @@ def prepare(shared_data: Path, out: Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- recipes
-def recipe_config(recipe: str, budget_min: float, overrides: list[str] = ()) -> tuple[TrainingConfig, object]:
+def recipe_config(recipe: str, budget_min: float, overrides: tuple[str, ...] = ()) -> tuple[TrainingConfig, object]:
     """The training config of `recipe` for a budget of `budget_min` minutes, and its model factory (None: SLM).
-    `overrides` (`key=value`, a recipe search's variant) apply to our recipes only."""
+    `overrides` (`key=value`) change cpu-demo.yaml before the recipe's own changes."""
     if recipe == "seed":  # its 625 steps are its recipe; a CPU never gets there in these budgets
         return replace(TrainingConfig.load(ROOT / "configs" / "seed.yaml"), max_minutes=budget_min), None
-    ours = recipe.startswith("ours")
-    config = replace(TrainingConfig.load(ROOT / "configs" / "cpu-demo.yaml", list(overrides) if ours else []),
+    config = replace(TrainingConfig.load(ROOT / "configs" / "cpu-demo.yaml", list(overrides)),
                      max_minutes=budget_min, max_steps=UNBOUNDED_STEPS)
     if recipe == "ours":
         return config, None
@@ -137,8 +136,11 @@ class Variant:
     tag: str | None = None
     overrides: tuple[str, ...] = ()
 
+    def overrides_for(self, recipe: str) -> tuple[str, ...]:
+        return self.overrides if recipe.startswith("ours") else ()
+
     def label(self, recipe: str) -> str:
-        return f"{recipe}+{self.tag}" if self.tag and recipe.startswith("ours") else recipe
+        return f"{recipe}+{self.tag}" if self.overrides_for(recipe) else recipe
 
 
 def run_name(recipe: str, budget_min: float) -> str:
@@ -150,7 +152,7 @@ def train_and_evaluate(
     recipe: str, budget_min: float, data_dir: Path, out: Path, eval_batch_size: int, variant: Variant
 ) -> dict:
     """Train one recipe for one budget (replacing an unfinished run in its folder), then score its best model."""
-    config, model_factory = recipe_config(recipe, budget_min, variant.overrides)
+    config, model_factory = recipe_config(recipe, budget_min, variant.overrides_for(recipe))
     label = variant.label(recipe)
     run_dir = out / "runs" / run_name(label, budget_min)
     print(f"\n## {run_name(label, budget_min)}: training into {run_dir}", flush=True)
@@ -175,7 +177,7 @@ def train_and_evaluate(
 
     return {
         "recipe": label,
-        "overrides": list(variant.overrides) if label != recipe else [],
+        "overrides": list(variant.overrides_for(recipe)),
         "budget_min": budget_min,
         "run_dir": str(run_dir),
         "evaluated": evaluated.name,

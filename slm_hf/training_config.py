@@ -96,8 +96,8 @@ class TrainingConfig:
 
     # Precision: auto (fp16 on CUDA, bf16 on a CPU where it measures faster, else fp32), no, fp16 or bf16.
     mixed_precision: str = "auto"
-    # torch.compile each decoder layer: fewer, fused kernels (on a GPU the small operations of a narrow model cost
-    # more than its matrix products). Compiling takes a minute or so and needs a C compiler.
+    # torch.compile each decoder layer and the loss: fewer, fused kernels (on a GPU the small operations of a narrow
+    # model cost more than its matrix products). Compiling takes seconds to a minute and needs a C/C++ compiler.
     compile: bool = False
 
     # Monitoring.
