@@ -75,7 +75,7 @@ def worker(model_name: str, precision: str, steps: int, warmup: int) -> dict:
     """Time `steps` training steps (after `warmup`) of one model at one precision; runs in its own process."""
     from accelerate import Accelerator
 
-    from slm_hf.training import MasterWeights, TokenWindows, build_optimizer, compile_blocks, optimizer_step
+    from slm_hf.training import MasterWeights, TokenWindows, build_optimizer, compile_layers_and_loss, optimizer_step
 
     config, model_config = shape()
     mixed_precision, attention, master_weights, compiled = PRECISIONS[precision]
@@ -90,7 +90,7 @@ def worker(model_name: str, precision: str, steps: int, warmup: int) -> dict:
         master = MasterWeights(model)
         model = master.compute
     if compiled:
-        compile_blocks(model)
+        compile_layers_and_loss(model)
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
     tokens = np.random.default_rng(0).integers(0, model_config.vocab_size, 1_000_000).astype(np.uint16)

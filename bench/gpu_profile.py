@@ -15,7 +15,7 @@ from accelerate import Accelerator
 from torch.autograd import DeviceType
 
 from slm_hf import SLMForCausalLM
-from slm_hf.training import TokenWindows, build_optimizer, compile_blocks, optimizer_step
+from slm_hf.training import TokenWindows, build_optimizer, compile_layers_and_loss, optimizer_step
 from slm_hf.training_config import TrainingConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,7 +38,7 @@ def main():
     model = SLMForCausalLM(model_config)
     optimizer = build_optimizer(model, config)
     if config.compile:
-        compile_blocks(model)
+        compile_layers_and_loss(model)
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
     tokens = np.random.default_rng(0).integers(0, model_config.vocab_size, 10_000_000).astype(np.uint16)

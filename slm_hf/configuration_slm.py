@@ -93,7 +93,10 @@ class SLMConfig(PretrainedConfig):
         norm_eps (`float`): epsilon of the normalisation layers.
         mlp_type (`str`): `"swiglu"` (gated SiLU) or `"gelu"` (two-layer GELU MLP).
         bias (`bool`): biases in the linear layers (and in LayerNorm).
-        dropout (`float`): dropout on embeddings, residual branches and attention probabilities.
+        dropout (`float`): dropout on the embeddings and on the residual branches (the attention and feed-forward
+            outputs).
+        attention_dropout (`float`, *optional*): dropout on the attention probabilities; defaults to `dropout`.
+            On a CPU its masks over every (query, key) pair cost far more than the residual ones (see BENCHMARKS.md).
         initializer_range (`float`): standard deviation of the normal initialisation; the projections that
             write into the residual stream are scaled down by `sqrt(2 * num_hidden_layers)` (GPT-2).
         tie_word_embeddings (`bool`): share the input embedding matrix with the language-model head.
@@ -119,6 +122,7 @@ class SLMConfig(PretrainedConfig):
         mlp_type: str = "swiglu",
         bias: bool = False,
         dropout: float = 0.0,
+        attention_dropout: float | None = None,
         initializer_range: float = 0.02,
         tie_word_embeddings: bool = True,
         use_cache: bool = True,
@@ -143,6 +147,7 @@ class SLMConfig(PretrainedConfig):
         self.mlp_type = mlp_type
         self.bias = bias
         self.dropout = dropout
+        self.attention_dropout = dropout if attention_dropout is None else attention_dropout
         self.initializer_range = initializer_range
         self.tie_word_embeddings = tie_word_embeddings
         self.use_cache = use_cache
@@ -193,8 +198,9 @@ class SLMConfig(PretrainedConfig):
             raise ValueError(f"SLMConfig.rope_theta must be positive, got {self.rope_theta!r}")
         if not self.norm_eps > 0:
             raise ValueError(f"SLMConfig.norm_eps must be positive, got {self.norm_eps!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"SLMConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        for name in ("dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"SLMConfig.{name} must be in [0, 1), got {getattr(self, name)!r}")
         if not self.initializer_range > 0:
             raise ValueError(f"SLMConfig.initializer_range must be positive, got {self.initializer_range!r}")
         for name in ("bos_token_id", "eos_token_id", "pad_token_id"):

@@ -129,7 +129,7 @@ class SLMAttention(nn.Module):
         self.num_key_value_groups = config.num_attention_heads // config.num_key_value_heads
         self.scaling = self.head_dim**-0.5
         self.is_causal = True  # read by transformers' sdpa/flash attention functions
-        self.attention_dropout = config.dropout
+        self.attention_dropout = config.attention_dropout
         self.use_rotary = config.position_embedding_type == "rope"
 
         qkv_size = (self.num_heads + 2 * self.num_key_value_heads) * self.head_dim

@@ -203,7 +203,7 @@ class MasterWeights:
         torch._foreach_copy_([compute for _, compute in self.pairs], [master for master, _ in self.pairs])
 
 
-def compile_blocks(model: torch.nn.Module) -> int:
+def compile_layers_and_loss(model: torch.nn.Module) -> int:
     """`torch.compile` each transformer block of `model` in place (the classes its `_no_split_modules` names: the
     decoder layers) and its loss function (transformers' `model.loss_function`); returns how many blocks.
 
@@ -650,7 +650,7 @@ def train(
     if config.compile and (missing := missing_compiler(distributed.device)):
         log(f"warning: compile=true needs {missing}, which this machine lacks: training without compiling")
     elif config.compile:
-        compile_blocks(model)
+        compile_layers_and_loss(model)
         if precision == "bf16" and distributed.device.type == "cuda":
             log("warning: bf16 with compiled layers diverged in our GPU measurements (torch 2.11, BENCHMARKS.md) "
                 "where fp16 trained well: prefer --mixed-precision fp16 with compile=true")

@@ -29,6 +29,14 @@ def test_preset_overrides_and_unknown_preset():
         SLMConfig.from_preset("huge")
 
 
+def test_attention_dropout_follows_dropout_unless_set(tmp_path):
+    assert SLMConfig.from_preset("tiny", dropout=0.1).attention_dropout == 0.1
+    config = SLMConfig.from_preset("tiny", dropout=0.1, attention_dropout=0.0)
+    assert (config.dropout, config.attention_dropout) == (0.1, 0.0)
+    config.save_pretrained(tmp_path)
+    assert SLMConfig.from_pretrained(tmp_path).attention_dropout == 0.0  # saved resolved, not re-derived on load
+
+
 def test_defaults():
     config = SLMConfig(hidden_size=64, num_attention_heads=4)
     assert config.num_key_value_heads == 4  # plain multi-head attention unless asked otherwise
@@ -77,6 +85,7 @@ def test_dict_round_trip(tmp_path):
         (dict(norm_eps=0.0), r"norm_eps must be positive"),
         (dict(dropout=1.0), r"dropout must be in \[0, 1\)"),
         (dict(dropout=-0.1), r"dropout must be in \[0, 1\)"),
+        (dict(attention_dropout=1.5), r"attention_dropout must be in \[0, 1\), got 1.5"),
         (dict(initializer_range=0.0), r"initializer_range must be positive"),
         (dict(eos_token_id=512), r"eos_token_id must be None or a token id in \[0, 512\), got 512"),
         (dict(pad_token_id=-1), r"pad_token_id must be None or a token id"),

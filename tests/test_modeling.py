@@ -193,12 +193,13 @@ def test_labels_and_shift_labels_give_the_same_loss():
     torch.testing.assert_close(from_labels, from_shifted)
 
 
-def test_training_forward_builds_no_cache_and_dropout_is_active_only_in_training():
-    model = make_model(dropout=0.2).train()
+@pytest.mark.parametrize("dropout, attention_dropout", [(0.2, None), (0.2, 0.0), (0.0, 0.2)])
+def test_training_forward_builds_no_cache_and_dropout_is_active_only_in_training(dropout, attention_dropout):
+    model = make_model(dropout=dropout, attention_dropout=attention_dropout).train()
     tokens = random_ids(2, 12)
     first, second = model(tokens), model(tokens)
     assert first.cache is None
-    assert not torch.allclose(first.logits, second.logits)
+    assert not torch.allclose(first.logits, second.logits)  # each of the residual and the attention dropout draws
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(model(tokens).logits, model(tokens).logits)
