@@ -27,6 +27,7 @@ and a markdown table on stdout.
     python bench/bench_quality.py --budgets 10 --recipes ours llama      # one budget, two recipes
     python bench/bench_quality.py --recipes ours --rerun                 # retrain `ours` after tuning cpu-demo
     python bench/bench_quality.py --recipes ours --budgets 10 --tag lr3e-3 --set learning_rate=3e-3 min_lr=3e-4
+    python bench/bench_quality.py --report --budgets 10 30 60           # the tables and plot of the runs done
     OMP_NUM_THREADS=1 python bench/bench_quality.py --budgets 0.5 --out /tmp/bq    # a quick check
 """
 
@@ -305,6 +306,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-quality")
     parser.add_argument("--rerun", action="store_true", help="train the selected runs again even if results.json "
                                                              "holds them")
+    parser.add_argument("--report", action="store_true", help="train nothing: the tables and the plot of the "
+                                                              "runs results.json holds")
     parser.add_argument("--eval-batch-size", type=int, default=16, help="windows per forward pass when scoring")
     parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="key=value",
                         help="recipe search: override our recipes' config (cpu-demo.yaml); needs --tag")
@@ -338,6 +341,8 @@ def main(argv=None) -> None:
             if name in results["runs"] and not args.rerun:
                 print(f"## {name}: done earlier ({results['runs'][name]['val_bits_per_byte']:.3f} bits/byte), "
                       f"skipped")
+                continue
+            if args.report:
                 continue
             run = train_and_evaluate(recipe, budget, data_dir, out, args.eval_batch_size, variant)
             results["runs"][name] = {**run, "machine": machine()}

@@ -227,12 +227,19 @@ def _architecture_section(config: dict, parameters: int) -> dict:
                           + " (pre-norm)"),
         ("Context", f"{config.get('max_position_embeddings')} tokens"),
         ("Vocabulary", f"{config.get('vocab_size'):,} tokens (byte-level BPE; `<\\|endoftext\\|>` ends stories)"),
-        ("Dropout", config.get("dropout")),
+        ("Dropout", _dropout(config)),
         ("Biases", "yes" if config.get("bias") else "no"),
         ("Model type", f"`{config.get('model_type')}` (`{', '.join(config.get('architectures') or [])}`)"),
     ]
     return {"rows": [(name, "?" if value is None else value) for name, value in rows],
             "context": config.get("max_position_embeddings")}
+
+
+def _dropout(config: dict):
+    residual, attention = config.get("dropout"), config.get("attention_dropout", config.get("dropout"))
+    if residual == attention:
+        return residual
+    return f"{residual} (embeddings, residual branches), {attention} (attention probabilities)"
 
 
 def _training_section(results: dict | None) -> dict | None:

@@ -80,3 +80,14 @@ def test_the_package_template_is_the_top_level_template():
 
 def test_check_reports_a_missing_card(tmp_path):
     assert check_model_card(tmp_path / "README.md")[0].startswith("no model card")
+
+
+def test_card_names_both_dropouts_when_they_differ(tmp_path, final):
+    folder = tmp_path / "dropout"
+    shutil.copytree(final, folder)
+    config = json.loads((folder / "config.json").read_text())
+    assert f"| Dropout | {config['dropout']} |" in (final / "README.md").read_text()  # one number when alike
+    config.update(dropout=0.1, attention_dropout=0.0)
+    (folder / "config.json").write_text(json.dumps(config))
+    card = str(render_model_card(folder, num_samples=1))
+    assert "| Dropout | 0.1 (embeddings, residual branches), 0.0 (attention probabilities) |" in card
