@@ -14,8 +14,9 @@ import json
 import sys
 from pathlib import Path
 
+from slm_hf.atomic_files import write_json
 from slm_hf.errors import SLMError, exit_on_error
-from slm_hf.evaluation import evaluate, summary, write_json
+from slm_hf.evaluation import evaluate, summary
 from slm_hf.generation import load_pretrained
 
 
@@ -51,6 +52,7 @@ def main(argv=None):
     result.update(evaluate(model, tokenizer, args.data, max_stories=args.max_stories, batch_size=args.batch_size,
                            quality=not args.no_quality, progress=sys.stderr.isatty()))
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         write_json(args.json, result)
     else:
         sys.stdout.write(json.dumps(result, indent=2, ensure_ascii=False) + "\n")

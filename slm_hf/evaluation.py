@@ -40,7 +40,6 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from . import atomic_files
 from .errors import SLMError
 from .generation import GenerationSettings, context_length, generate_ids
 
@@ -426,13 +425,6 @@ def evaluate(
     if quality:
         result["quality"] = story_quality(model, tokenizer)
     return result
-
-
-def write_json(path: str | os.PathLike, result: dict) -> Path:
-    """Write `result` as JSON to `path`, atomically (a temporary name, then a rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_files.write_json(path, result)
 
 
 def summary(result: dict) -> str:
