@@ -9,7 +9,14 @@ class SLMError(Exception):
 
     Raise it with a message that says what was wrong and, where possible, how to fix it. The scripts print
     ``error: <message>`` on stderr and exit with status 2, without a traceback.
+
+    `quiet=True` marks an error that another process of the same run reports: the scripts exit with status 2
+    without printing it again.
     """
+
+    def __init__(self, message: str = "", *, quiet: bool = False):
+        super().__init__(message)
+        self.quiet = quiet
 
 
 def exit_on_error(main):
@@ -20,7 +27,8 @@ def exit_on_error(main):
         try:
             return main(*args, **kwargs)
         except SLMError as error:
-            print(f"error: {error}", file=sys.stderr)
+            if not error.quiet:
+                print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)

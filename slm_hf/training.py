@@ -43,8 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator, DistributedType, PartialState
-from accelerate.utils import ProjectConfiguration, broadcast_object_list, parse_flag_from_env, set_seed
-from tqdm.auto import tqdm
+from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
 from transformers import GenerationConfig, PreTrainedModel
 
 from .atomic_files import atomic_path, copy_file, write_json, write_text
@@ -52,9 +51,19 @@ from .configuration_slm import SLMConfig
 from .data import load_tokens, read_meta
 from .errors import SLMError
 from .generation import quiet_progress_bars
+from .launchers import (
+    Launch,
+    cpu_threads,
+    engine_warning,
+    launcher_precision,
+    process_count_problem,
+    wants_cpu_processes,
+)
 from .modeling_slm import SLMForCausalLM
+from .progress import TrainingProgress
+from .run_lock import RunLock
 from .tokenization import load_tokenizer, save_tokenizer, tokenizer_sha256
-from .training_config import DATA_MODEL_KEYS, TrainingConfig
+from .training_config import DATA_MODEL_KEYS, PRECISIONS, TrainingConfig
 
 # Sampling defaults saved in generation_config.json: varied but coherent stories that end at <|endoftext|>.
 STORY_SAMPLING = dict(do_sample=True, temperature=0.8, top_k=50, top_p=0.95, max_new_tokens=200)
@@ -122,22 +131,27 @@ class TokenWindows:
 
 
 # ---------------------------------------------------------------------------------------------- precision
-def resolve_precision(requested: str, device: torch.device, model_config: SLMConfig, tokens: int) -> str:
+def resolve_precision(
+    requested: str, device: torch.device, model_config: SLMConfig, tokens: int, launch: Launch | None = None
+) -> str:
     """Turn `--mixed-precision` into Accelerate's setting: `no`, `fp16` or `bf16`.
 
-    `auto` takes `accelerate launch --mixed_precision fp16|bf16` (or `accelerate config`'s) if given; otherwise it
-    picks fp16 (with loss scaling) on CUDA, bf16 on a CPU whose bf16 matrix products measure faster than fp32
-    (native bf16 units: AMX, AVX512-BF16), else fp32. fp16 on a CPU is refused: Accelerate would silently train in
-    fp32.
+    `auto` takes the launcher's choice where there is one (`accelerate launch --mixed_precision X` as typed, or
+    `accelerate config`'s fp16 / bf16); otherwise it picks fp16 (with loss scaling) on CUDA, bf16 on a CPU whose
+    bf16 matrix products measure faster than fp32 (native bf16 units: AMX, AVX512-BF16), else fp32. An explicit
+    `--mixed-precision` (or the config's) wins over the launcher's. fp16 on a CPU is refused, naming the setting
+    that asked for it: Accelerate would silently train in fp32.
     """
-    launched_with = os.environ.get("ACCELERATE_MIXED_PRECISION", "").lower()
-    if requested == "auto" and launched_with in ("fp16", "bf16"):
-        requested = launched_with
+    asked_by = "--mixed-precision fp16 (or mixed_precision: fp16 in the config)"
+    if requested == "auto" and launch is not None and (launcher := launcher_precision(launch)):
+        requested, asked_by = launcher
     if requested == "fp16" and device.type != "cuda":
         raise SLMError(
-            f"fp16 mixed precision needs a CUDA GPU; on {device.type} Accelerate silently trains in fp32 instead. "
-            f"Use --mixed-precision bf16 (or no)"
+            f"{asked_by}: fp16 mixed precision needs a CUDA GPU; on {device.type} Accelerate would silently train "
+            f"in fp32. Use bf16 or no instead"
         )
+    if requested not in PRECISIONS:
+        raise SLMError(f"{asked_by}: unknown precision {requested!r}; use one of no, fp16, bf16")
     if requested != "auto":
         return requested
     if device.type == "cuda":
@@ -521,11 +535,18 @@ class TrainingOutcome:
 
 
 class StopSignals:
-    """SIGINT / SIGTERM ask the loop to save a checkpoint and stop after the current step; a second one stops now."""
+    """SIGINT / SIGTERM ask the loop to save a checkpoint and stop after the current step; a second request stops now.
 
-    def __init__(self, verbose: bool = True):
+    Ctrl-C in a terminal sends SIGINT to every process of the foreground group: the training processes and their
+    launcher, which then forwards its own SIGTERM (`accelerate launch`, `torchrun`) to them. Signals that arrive
+    within `grace_s` seconds of the first are that same request; a later one (a second Ctrl-C) stops at once.
+    """
+
+    def __init__(self, say: Callable[[str], None] = print, grace_s: float = 2.0):
         self.received: str | None = None
-        self.verbose = verbose
+        self.say = say
+        self.grace_s = grace_s
+        self._first_at = 0.0
         self._previous = {}
 
     def __enter__(self):
@@ -538,10 +559,12 @@ class StopSignals:
 
     def _handle(self, signum, frame):
         if self.received is not None:
+            if time.monotonic() - self._first_at < self.grace_s:
+                return  # the launcher forwarding the same Ctrl-C
             raise KeyboardInterrupt
         self.received = signal.Signals(signum).name
-        if self.verbose:
-            tqdm.write(f"{self.received}: saving a checkpoint after this step, then stopping (again to stop at once)")
+        self._first_at = time.monotonic()
+        self.say(f"{self.received}: saving a checkpoint after this step, then stopping (again to stop at once)")
 
     def __exit__(self, *exc):
         for signum, handler in self._previous.items():
@@ -590,32 +613,74 @@ def train(
     )
     data_summary = _data_summary(meta, tokenizer)
 
-    # Processes, device and precision: Accelerate's shared state first (the device decides the precision).
-    # (Accelerator reads ACCELERATE_USE_CPU itself, PartialState does not: without it, torchrun on a machine
-    # without GPUs would start independent single processes.)
-    distributed = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    # Processes, threads, device and precision: Accelerate's shared state first (the device decides the precision).
+    # The launcher's choices are checked first: see slm_hf/launchers.py.
+    launch = Launch.detect()
+    threads, threads_note = cpu_threads(launch)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    use_cpu = wants_cpu_processes(launch, _accelerator_available())
+    distributed = PartialState(cpu=use_cpu)
+    if problem := process_count_problem(launch, distributed.num_processes):
+        raise SLMError(problem, quiet=os.environ.get("RANK", "0") != "0")  # every process stops; one says why
     checkpoint = _plan_output(out_dir, resume, overwrite, config, data_summary, distributed)
-    precision = [None]
-    if distributed.is_main_process:
-        try:
-            requested = config.mixed_precision
-            if requested == "auto" and checkpoint is not None:  # go on as the run started (exact resume)
-                requested = read_checkpoint(checkpoint)[0].precision
-            tokens = config.batch_size * config.block_size
-            precision = [resolve_precision(requested, distributed.device, model_config, tokens)]
-        except SLMError as error:
-            precision = [error]
-    broadcast_object_list(precision)  # every process must use the same precision (or fail alike)
-    if isinstance(precision[0], SLMError):
-        raise precision[0]
-    precision = precision[0]
+
+    def decide_precision() -> str:
+        requested = config.mixed_precision
+        if requested == "auto" and checkpoint is not None:  # go on as the run started (exact resume)
+            requested = read_checkpoint(checkpoint)[0].precision
+        tokens = config.batch_size * config.block_size
+        return resolve_precision(requested, distributed.device, model_config, tokens, launch)
+
+    precision = _decide_on_main(distributed, decide_precision)  # every process must use the same precision
     config = replace(config, mixed_precision=precision)
     _check_tracker(config.report_to)
+    lock = RunLock(out_dir)
+    _decide_on_main(distributed, lock.acquire)  # one run per output folder
+    setup = RunSetup(
+        config, data_dir, out_dir, meta, tokenizer, model_config, data_summary, launch, threads_note, use_cpu,
+        distributed, checkpoint, precision, started,
+    )
+    try:
+        return _train(setup, overwrite, model_factory)
+    finally:
+        if distributed.is_main_process:
+            lock.release()
+
+
+@dataclass
+class RunSetup:
+    """What `train` decided before the run starts: the resolved config and data, the processes, where to resume."""
+
+    config: TrainingConfig
+    data_dir: Path
+    out_dir: Path
+    meta: dict[str, Any]
+    tokenizer: Any
+    model_config: SLMConfig
+    data_summary: dict[str, Any]
+    launch: Launch
+    threads_note: str | None
+    use_cpu: bool
+    distributed: PartialState
+    checkpoint: Path | None
+    precision: str
+    started: float
+
+
+def _train(
+    setup: RunSetup, overwrite: bool, model_factory: Callable[[SLMConfig], PreTrainedModel] | None
+) -> TrainingOutcome:
+    """The run itself, once `train` has checked its inputs and holds the output folder."""
+    config, data_dir, out_dir, meta = setup.config, setup.data_dir, setup.out_dir, setup.meta
+    tokenizer, model_config, data_summary = setup.tokenizer, setup.model_config, setup.data_summary
+    distributed, checkpoint, precision, started = setup.distributed, setup.checkpoint, setup.precision, setup.started
     _prepare_output_dir(out_dir, overwrite, distributed)
 
     # bf16 on a CPU: bf16 weights with fp32 master weights (`MasterWeights`), not Accelerate's autocast.
     cpu_bf16 = precision == "bf16" and distributed.device.type == "cpu"
     accelerator = Accelerator(
+        cpu=setup.use_cpu,
         mixed_precision="no" if cpu_bf16 else precision,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         # We step the scheduler once per update ourselves. Accelerate's default steps it once per process per
@@ -630,9 +695,13 @@ def train(
     tokens_per_step = micro_batches * config.batch_size * config.block_size
     main = accelerator.is_main_process
 
-    def log(message: str) -> None:
-        if main:
-            tqdm.write(message)
+    progress = TrainingProgress(enabled=main)
+    log = progress.write
+
+    if setup.threads_note:
+        log(setup.threads_note)
+    if main and (warning := engine_warning(accelerator.distributed_type.value)):
+        log(warning)
 
     # The model, initialised identically on every process; then dropout differs per process.
     set_seed(config.seed)
@@ -702,7 +771,8 @@ def train(
 
     parameters = sum(p.numel() for p in accelerator.unwrap_model(model).parameters())
     log(
-        f"training {parameters / 1e6:.2f}M parameters on {_device_name(accelerator)} x{world}, precision "
+        f"training {parameters / 1e6:.2f}M parameters on {_device_name(accelerator)} x{world} "
+        f"({setup.launch.launcher}, distributed type {accelerator.distributed_type.value}), precision "
         f"{precision_name}, {tokens_per_step:,} tokens per step ({world} process(es) "
         f"x {accumulation} micro-batches x {config.batch_size} x {config.block_size}), up to step {state.max_steps}"
     )
@@ -772,7 +842,7 @@ def train(
     pending: list[tuple[int, torch.Tensor, float, torch.Tensor | None]] = []  # per-step values not yet logged
     window = {"time": time.perf_counter(), "tokens": state.tokens}
     last_eval: dict[str, Any] | None = None
-    bar = tqdm(total=state.max_steps, initial=state.step, disable=not main, unit="step", dynamic_ncols=True)
+    progress.start(state.max_steps, initial=state.step)
 
     def flush() -> None:
         """Write the pending per-step metrics (one host sync for many steps) and refresh the progress bar.
@@ -797,8 +867,7 @@ def train(
             metrics.write(record)
             if config.report_to != "none":
                 accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
-        bar.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{pending[-1][2]:.2e}", tok_s=f"{speed:,.0f}", refresh=False)
-        bar.update(pending[-1][0] - bar.n)
+        progress.update(pending[-1][0], losses[-1], pending[-1][2], speed)
         pending.clear()
 
     def run_eval() -> dict[str, Any]:
@@ -840,7 +909,7 @@ def train(
 
     if checkpoint is not None and state.step >= state.max_steps and (out_dir / "final").is_dir():
         log(f"{out_dir} is already trained to step {state.step}: nothing to do (final model in {out_dir / 'final'})")
-        bar.close()
+        progress.close()
         accelerator.end_training()
         return TrainingOutcome(out_dir, out_dir / "final", state.step)
 
@@ -854,7 +923,7 @@ def train(
     interrupted = None
     loss_scale = LossScaleWatch(accelerator)
     model.train()
-    with StopSignals(verbose=main) as signals:
+    with StopSignals(say=log) as signals:
         while state.step < state.max_steps:
             step_started = time.perf_counter()
             # One update: this process's micro-batches are numbers rank, rank + world, ... of the step's
@@ -889,10 +958,10 @@ def train(
                 state.max_steps = schedule.max_steps = _fit_budget(
                     state.step, config, budget - elapsed(), step_time, eval_time
                 )
-                if state.max_steps != bar.total:
+                if state.max_steps != progress.total:
                     log(f"time budget {config.max_minutes:g} min: training to step {state.max_steps}")
                 state.budget_fitted = True
-                bar.total = state.max_steps
+                progress.set_total(state.max_steps)
                 if state.step == 10 and state.max_steps < 2 * config.warmup_steps:
                     log(f"warning: warmup ({config.warmup_steps:g} steps) takes much of the time budget; "
                         f"lower warmup_steps or raise max_minutes")
@@ -912,7 +981,7 @@ def train(
                 interrupted = signals.received or "SIGTERM"  # another process got the signal
                 break
     flush()
-    bar.close()
+    progress.close()
 
     curve = plot_loss_curve(metrics.read(), out_dir / "loss_curve.png") if main else None
     if interrupted:
@@ -1019,6 +1088,31 @@ def _prepare_output_dir(out_dir: Path, overwrite: bool, distributed: PartialStat
             elif path.exists():
                 path.unlink()
     distributed.wait_for_everyone()
+
+
+def _decide_on_main(distributed: PartialState, decide: Callable[[], Any]) -> Any:
+    """Run `decide` on the main process and give its result to every process; an `SLMError` stops them all."""
+    outcome: list[Any] = [None]
+    if distributed.is_main_process:
+        try:
+            outcome = [decide()]
+        except SLMError as error:
+            outcome = [error]
+    if distributed.num_processes > 1:
+        broadcast_object_list(outcome)
+    if isinstance(outcome[0], SLMError):
+        if not distributed.is_main_process:
+            raise SLMError(str(outcome[0]), quiet=True)  # the main process says it
+        raise outcome[0]
+    return outcome[0]
+
+
+def _accelerator_available() -> bool:
+    """Whether a GPU (or another torch accelerator) is there to train on."""
+    accelerator = getattr(torch, "accelerator", None)
+    if accelerator is not None and hasattr(accelerator, "is_available"):
+        return accelerator.is_available()
+    return torch.cuda.is_available()
 
 
 def _check_tracker(report_to: str) -> None:

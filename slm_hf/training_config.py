@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import re
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -52,6 +53,28 @@ RESUMABLE_KEYS = (
     "compile",
     "gradient_accumulation_steps",  # checked as the global number of micro-batches instead (processes x this)
 )
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """YAML with only `true` / `false` as booleans (YAML 1.2), so that `mixed_precision: no` stays the string "no".
+
+    YAML 1.1 (PyYAML's default) also reads yes/no/on/off as booleans. Boolean fields still accept those words:
+    `_coerce` converts values to each field's declared type.
+    """
+
+
+_ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def read_yaml(text: str) -> Any:
+    """Parse config text (a file, or the value of a `key=value` override) with `_ConfigLoader`."""
+    return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
 def _model_keys() -> list[str]:
@@ -209,7 +232,7 @@ class TrainingConfig:
             if not path.is_file():
                 raise SLMError(f"config file {path} not found")
             try:
-                data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+                data = read_yaml(path.read_text(encoding="utf-8")) or {}
             except yaml.YAMLError as error:
                 raise SLMError(f"config file {path} is not valid YAML: {error}") from error
             if not isinstance(data, dict):
@@ -236,7 +259,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
         if not sep or not key:
             raise SLMError(f"override {item!r} must look like key=value (e.g. learning_rate=1e-3)")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = read_yaml(raw) if raw.strip() else None
         except yaml.YAMLError:
             value = raw
         if key.startswith("model."):
