@@ -20,6 +20,7 @@ from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel, slice_logits_to_keep
+from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_slm import SLMConfig
 
@@ -337,6 +338,31 @@ class SLMDecoderLayer(GradientCheckpointingLayer):
 
 
 # ------------------------------------------------------------------------------------------------ models
+# The Auto classes a saved folder's own code answers (`trust_remote_code=True`).
+REMOTE_CODE_AUTO_MAP = {
+    "AutoConfig": "configuration_slm.SLMConfig",
+    "AutoModel": "modeling_slm.SLMModel",
+    "AutoModelForCausalLM": "modeling_slm.SLMForCausalLM",
+}
+
+
+def check_forward_kwargs(kwargs: dict) -> None:
+    """Refuse a keyword `forward` does not use and that would change the result, rather than silently ignore it.
+
+    Accepted and ignored: what transformers' callers pass without changing anything here (`return_dict`, output
+    flags left off, the all-zero `token_type_ids` of transformers 4.x tokenizers). `past_key_values` never gets
+    here: the `deprecate_kwarg` decorator renames it to `cache`, as for transformers' own models.
+    """
+    for key, value in kwargs.items():
+        if key == "return_dict":
+            continue
+        if key in ("output_attentions", "output_hidden_states") and not value:
+            continue
+        if key == "token_type_ids" and (value is None or not torch.is_tensor(value) or not value.any()):
+            continue
+        raise TypeError(f"SLM models do not support the keyword argument {key!r} (it would be ignored)")
+
+
 class SLMPreTrainedModel(PreTrainedModel):
     config_class = SLMConfig
     base_model_prefix = "model"
@@ -354,6 +380,10 @@ class SLMPreTrainedModel(PreTrainedModel):
                 "This model was converted with quantize_int8() for inference and cannot be saved: save (or push) the "
                 "model before converting it, and convert it again after loading."
             )
+        if self._auto_class is not None:
+            # transformers writes only the saved class's own Auto class into auto_map: name both, so that AutoModel
+            # and AutoModelForCausalLM load the folder as remote code alike (as they do natively).
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **REMOTE_CODE_AUTO_MAP}
         return super().save_pretrained(*args, **kwargs)
 
     def _init_weights(self, module: nn.Module):
@@ -417,6 +447,7 @@ class SLMModel(SLMPreTrainedModel):
             f"{high}. Was the text encoded with a different tokenizer?"
         )
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")  # as LlamaModel
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -427,6 +458,7 @@ class SLMModel(SLMPreTrainedModel):
         use_cache: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
+        check_forward_kwargs(kwargs)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds")
         use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
@@ -504,6 +536,7 @@ class SLMForCausalLM(SLMPreTrainedModel, GenerationMixin):
             setattr(parent, name, SLMInt8Linear(child))
         return self
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")  # as LlamaForCausalLM
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
