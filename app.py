@@ -17,9 +17,41 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from threading import Thread
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry calls from a demo
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Gradio demo of a trained SLM story model")
+    parser.add_argument("--model", default=os.environ.get("MODEL_ID"),
+                        help="a model folder (e.g. runs/cpu-demo/final) or a Hub id (default: $MODEL_ID)")
+    parser.add_argument("--revision", default=os.environ.get("MODEL_REVISION"),
+                        help="Hub revision to load, ideally a commit hash (default: $MODEL_REVISION)")
+    parser.add_argument("--int8", action="store_true", default=os.environ.get("SLM_INT8", "") == "1",
+                        help="int8 weights: about 2.5x faster stories on a CPU (default: $SLM_INT8 == 1)")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                        help="address to listen on (0.0.0.0 to serve other machines)")
+    args = parser.parse_args(argv)
+    if not args.model:
+        parser.error("no model: pass --model DIR_OR_HUB_ID or set MODEL_ID")
+    if not Path(args.model).expanduser().exists() and looks_like_a_path(args.model):
+        print(f"error: model folder {args.model} does not exist", file=sys.stderr)
+        sys.exit(2)
+    return args
+
+
+def looks_like_a_path(name: str) -> bool:
+    """A name that can only be a local folder, not a Hub id (`user/model`): reported at once, without Hub retries."""
+    first = name.split("/", 1)[0]
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or ("/" in name and Path(first).is_dir())
+
+
+if __name__ == "__main__":
+    ARGS = parse_args()  # before the imports below (seconds): --help and bad arguments answer at once
+
 
 import gradio as gr  # noqa: E402
 import torch  # noqa: E402
@@ -143,25 +175,7 @@ def build_demo(teller: StoryTeller, title: str = "Tiny story teller") -> gr.Bloc
     return demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="Gradio demo of a trained SLM story model")
-    parser.add_argument("--model", default=os.environ.get("MODEL_ID"),
-                        help="a model folder (e.g. runs/cpu-demo/final) or a Hub id (default: $MODEL_ID)")
-    parser.add_argument("--revision", default=os.environ.get("MODEL_REVISION"),
-                        help="Hub revision to load, ideally a commit hash (default: $MODEL_REVISION)")
-    parser.add_argument("--int8", action="store_true", default=os.environ.get("SLM_INT8", "") == "1",
-                        help="int8 weights: about 2.5x faster stories on a CPU (default: $SLM_INT8 == 1)")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
-    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-                        help="address to listen on (0.0.0.0 to serve other machines)")
-    args = parser.parse_args(argv)
-    if not args.model:
-        parser.error("no model: pass --model DIR_OR_HUB_ID or set MODEL_ID")
-    return args
-
-
-def main(argv=None):
-    args = parse_args(argv)
+def main(args: argparse.Namespace) -> None:
     try:
         teller = StoryTeller.load(args.model, revision=args.revision, int8=args.int8)
     except (OSError, ValueError) as error:
@@ -172,4 +186,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    main(ARGS)

@@ -48,6 +48,11 @@ def main(argv=None):
         seed=args.seed,
         num_return_sequences=args.num_return_sequences,
     )
+    if args.prompt is None and sys.stdin.isatty():  # nobody is going to type prompts into a waiting script
+        raise SLMError(
+            "no prompt: pass --prompt TEXT, or pipe prompts in, one per line "
+            "(echo 'Once upon a time' | python scripts/generate.py --model DIR)"
+        )
     prompts = [args.prompt] if args.prompt is not None else read_prompts(sys.stdin)
     model, tokenizer = load_pretrained(args.model, device=args.device, revision=args.revision,
                                        trust_remote_code=args.trust_remote_code, int8=args.int8)

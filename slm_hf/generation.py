@@ -103,6 +103,13 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def looks_like_a_path(name: str) -> bool:
+    """Whether `name` can only mean a local folder, not a Hub id (`user/model`): so a missing one is reported at
+    once, not after the Hub's retries. A Hub id has at most one "/" and does not start with a local folder's name."""
+    first = name.split("/", 1)[0]
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or ("/" in name and Path(first).is_dir())
+
+
 def load_pretrained(
     name_or_path: str | os.PathLike,
     *,
@@ -131,7 +138,7 @@ def load_pretrained(
         if not (local / "config.json").is_file():
             raise SLMError(f"{name} is not a model folder (no config.json in it); pass a training run's final/ folder")
         name = str(local)
-    elif name.startswith((".", "/", "~")) or name.count("/") > 1:
+    elif looks_like_a_path(name):
         raise SLMError(f"model folder {name} does not exist")
     kwargs = dict(revision=revision, trust_remote_code=trust_remote_code)
     try:
