@@ -406,7 +406,7 @@ sys.meta_path.insert(0, BlockSLM())
 
 REMOTE_CODE_CHECK = """
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, pipeline
 try:
     import slm_hf
     raise SystemExit("slm_hf is importable: the test would prove nothing")
@@ -419,6 +419,9 @@ assert type(model).__module__.startswith("transformers_modules."), type(model)._
 assert model.lm_head.weight is model.model.embed_tokens.weight
 ids = torch.load(sys.argv[2])
 assert torch.equal(model(ids).logits, torch.load(sys.argv[3]))
+backbone = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()  # as natively: the backbone
+assert type(backbone).__name__ == "SLMModel", type(backbone)
+assert torch.equal(backbone(ids).last_hidden_state, model.model(ids).last_hidden_state)
 tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)  # it reads the config
 prompts = tokenizer(["Once upon a time", "Lily"], return_tensors="pt", padding=True)
 out = model.generate(**prompts, max_new_tokens=8, do_sample=False)
@@ -450,6 +453,42 @@ def test_saved_folder_loads_with_remote_code_where_slm_hf_is_not_importable(tmp_
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.splitlines()[-1].startswith("OK transformers_modules."), result.stdout
+
+
+def test_past_key_values_is_the_deprecated_alias_of_cache_as_for_llama():
+    """The idiom of hand-written decoding loops before transformers 5: `model(ids, past_key_values=cache)`."""
+    model = make_model().eval()
+    ids = random_ids(1, 12)
+    with torch.no_grad():
+        full = model(ids).logits[:, -1]
+        with_cache = model(ids[:, -1:], cache=model(ids[:, :-1], use_cache=True).cache).logits[:, -1]
+        with pytest.warns(FutureWarning, match="past_key_values"):
+            with_alias = model(ids[:, -1:], past_key_values=model(ids[:, :-1], use_cache=True).cache).logits[:, -1]
+            backbone = model.model(ids[:, -1:], past_key_values=model.model(ids[:, :-1], use_cache=True).cache)
+    assert torch.equal(with_alias, with_cache) and torch.allclose(with_alias, full, atol=1e-5)
+    assert backbone.last_hidden_state.shape == (1, 1, model.config.hidden_size)
+
+
+@pytest.mark.parametrize(
+    "keyword, value",
+    [("output_attentions", True), ("output_hidden_states", True), ("head_mask", None), ("cache_position", None)],
+)
+def test_a_keyword_that_would_be_ignored_is_refused(keyword, value):
+    model = make_model().eval()
+    with pytest.raises(TypeError, match=f"'{keyword}'"):
+        model(random_ids(1, 5), **{keyword: value})
+
+
+def test_keywords_that_change_nothing_are_accepted():
+    model = make_model().eval()
+    ids = random_ids(1, 5)
+    with torch.no_grad():
+        plain = model(ids).logits
+        same = model(ids, return_dict=True, output_attentions=False, output_hidden_states=False,
+                     token_type_ids=torch.zeros_like(ids)).logits
+    assert torch.equal(plain, same)
+    with pytest.raises(TypeError, match="token_type_ids"):
+        model(ids, token_type_ids=torch.ones_like(ids))
 
 
 def test_pipeline_runs_in_process(tokenizer):
