@@ -23,8 +23,15 @@ from threading import Thread
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry calls from a demo
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """Usage errors as one line, `error: ...`, and status 2 (as slm_hf's scripts; this file runs without slm_hf)."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Gradio demo of a trained SLM story model")
+    parser = ArgumentParser(description="Gradio demo of a trained SLM story model")
     parser.add_argument("--model", default=os.environ.get("MODEL_ID"),
                         help="a model folder (e.g. runs/cpu-demo/final) or a Hub id (default: $MODEL_ID)")
     parser.add_argument("--revision", default=os.environ.get("MODEL_REVISION"),
@@ -56,6 +63,7 @@ if __name__ == "__main__":
 import gradio as gr  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer, TextIteratorStreamer  # noqa: E402
+from transformers.utils import logging as transformers_logging  # noqa: E402
 
 try:  # registers the SLM classes with transformers' Auto classes: then no remote code is needed
     import slm_hf  # noqa: F401
@@ -176,9 +184,10 @@ def build_demo(teller: StoryTeller, title: str = "Tiny story teller") -> gr.Bloc
 
 
 def main(args: argparse.Namespace) -> None:
+    transformers_logging.disable_progress_bar()  # no "Loading weights" bar in the server's log
     try:
         teller = StoryTeller.load(args.model, revision=args.revision, int8=args.int8)
-    except (OSError, ValueError) as error:
+    except Exception as error:  # missing, damaged (truncated weights, empty tokenizer) or not an SLM model for int8
         print(f"error: cannot load the model {args.model!r}: {str(error).strip().splitlines()[0]}", file=sys.stderr)
         sys.exit(2)
     theme = gr.themes.Soft(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])

@@ -9,19 +9,18 @@ TinyStories .txt / .jsonl file (tokenized with the model's own tokenizer, each s
 The JSON report goes to stdout (or --json PATH); a short summary goes to stderr.
 """
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-from slm_hf.atomic_files import write_json
-from slm_hf.errors import SLMError, exit_on_error
+from slm_hf.atomic_files import check_can_create, write_json
+from slm_hf.errors import ArgumentParser, SLMError, exit_on_error
 from slm_hf.evaluation import evaluate, summary
 from slm_hf.generation import load_pretrained
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="a model folder (e.g. a run's final/) or a Hub model id")
     parser.add_argument("--data", required=True, help="a data folder (with meta.json), or a .txt / .jsonl file")
     parser.add_argument("--max-stories", type=int, default=None, help="evaluate on the first N stories only")
@@ -43,6 +42,8 @@ def parse_args(argv=None):
 @exit_on_error
 def main(argv=None):
     args = parse_args(argv)
+    if args.json:
+        check_can_create(args.json, "--json file")
     if not Path(args.data).exists():
         raise SLMError(f"--data {args.data} does not exist; pass a data folder (with meta.json) or a .txt / .jsonl "
                        f"file")

@@ -7,17 +7,16 @@
 Without --prompt, every non-empty line of stdin is a prompt. --model is a folder or a Hub model id.
 """
 
-import argparse
 import sys
 
-from slm_hf.errors import SLMError, exit_on_error
+from slm_hf.errors import ArgumentParser, SLMError, exit_on_error
 from slm_hf.generation import GenerationSettings, load_pretrained, read_prompts, stream_to_terminal
 
 DEFAULTS = GenerationSettings()
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="a model folder (e.g. a run's final/) or a Hub model id")
     parser.add_argument("--prompt", default=None, help="the beginning of the story (default: read lines of stdin)")
     parser.add_argument("--max-new-tokens", type=int, default=DEFAULTS.max_new_tokens)

@@ -15,13 +15,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 from slm_hf.data import DEFAULT_HUB_DATASET, DataOptions, prepare_data  # noqa: E402
-from slm_hf.errors import exit_on_error  # noqa: E402
+from slm_hf.errors import ArgumentParser, exit_on_error  # noqa: E402
 
 DEFAULTS = DataOptions()
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", default="sample",
                         help="'sample' (the TinyStories sample shipped with slm_hf; default), a Hub dataset id "
                              f"(e.g. {DEFAULT_HUB_DATASET}), or a local .txt/.jsonl/.json/.parquet file or folder")

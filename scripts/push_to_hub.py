@@ -10,15 +10,14 @@ card (README.md) is re-rendered first so that its examples name --repo-id; --kee
 Log in first with `hf auth login`, or set HF_TOKEN.
 """
 
-import argparse
 import sys
 
-from slm_hf.errors import exit_on_error
+from slm_hf.errors import ArgumentParser, exit_on_error
 from slm_hf.hub import push_to_hub
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="the model folder, e.g. runs/cpu-demo/final")
     parser.add_argument("--repo-id", required=True, help="the Hub repository, user/name or org/name")
     parser.add_argument("--private", action="store_true", help="create the repository as private")

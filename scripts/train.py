@@ -8,13 +8,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from slm_hf.errors import exit_on_error
+from slm_hf.errors import ArgumentParser, exit_on_error
 from slm_hf.training import train
 from slm_hf.training_config import PRECISIONS, TRACKERS, TrainingConfig
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, help="YAML config file (configs/tiny.yaml, seed, cpu-demo, gpu-small)")
     parser.add_argument("--data", type=Path, help="data folder from scripts/prepare_data.py (default: the config's)")
     parser.add_argument("--out", type=Path, help="output folder (default: the config's, else runs/<config name>)")

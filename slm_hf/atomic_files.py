@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .errors import SLMError
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -48,3 +50,19 @@ def copy_file(source: str | os.PathLike, target: str | os.PathLike) -> Path:
     with atomic_path(target) as temporary:
         shutil.copy2(source, temporary)
     return Path(target)
+
+
+def check_can_create(path: str | os.PathLike, what: str = "output file") -> Path:
+    """Raise `SLMError` if `path` could not be written later (its nearest existing ancestor is not a writable
+    folder, or `path` itself is a folder), without creating anything: check an output before a long computation."""
+    path = Path(path)
+    if path.is_dir():
+        raise SLMError(f"the {what} {path} is a folder; pass a file name")
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise SLMError(f"cannot write the {what} {path}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise SLMError(f"cannot write the {what} {path}: {ancestor} is not writable")
+    return path

@@ -569,7 +569,8 @@ def _load_with_datasets(source: _Source, options: DataOptions) -> dict[str, Any]
             loaded = datasets.load_from_disk(name)
         elif source.kind == "table" and Path(name).is_file():
             _check_table_file(Path(name))
-            loaded = datasets.load_dataset(TABLE_BUILDERS[Path(name).suffix.lower()], data_files={"train": name})
+            with _datasets_progress(False):  # a local file converts in a blink: no "Generating train split" bar
+                loaded = datasets.load_dataset(TABLE_BUILDERS[Path(name).suffix.lower()], data_files={"train": name})
         else:  # a Hub id, or a local folder of table files: the same call
             for file in source.files.get("all", []):
                 _check_table_file(file)
@@ -815,7 +816,10 @@ def _reuse(out_dir: Path, existing: dict | None, fingerprint: str, overwrite: bo
 def _staging_dir(out_dir: Path):
     """A fresh staging folder inside `out_dir`, removed on exit; `out_dir` is removed too if this created it empty."""
     created = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise SLMError(f"cannot create the data folder {out_dir}: {error.strerror or error}") from error
     _remove_stale_staging(out_dir)
     staging = Path(tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{os.getpid()}-", dir=out_dir))
     try:

@@ -1,5 +1,6 @@
 """User-facing errors: what the command-line entry points turn into one clear line and a non-zero exit."""
 
+import argparse
 import functools
 import sys
 
@@ -35,3 +36,11 @@ def exit_on_error(main):
             sys.exit(130)
 
     return wrapper
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """An `argparse.ArgumentParser` whose usage errors (a missing flag, a value of the wrong type or out of the
+    choices) read like every other bad input: one line `error: <message>` on stderr and exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase, TextStreamer
 from transformers.utils import logging as transformers_logging
 
@@ -140,18 +141,24 @@ def load_pretrained(
         name = str(local)
     elif looks_like_a_path(name):
         raise SLMError(f"model folder {name} does not exist")
+    try:
+        device = torch.device(device) if device is not None else default_device()
+    except RuntimeError as error:
+        raise SLMError(f"{_first_line(error)}: pass a torch device such as cpu, cuda or cuda:1") from error
     kwargs = dict(revision=revision, trust_remote_code=trust_remote_code)
     try:
         with quiet_progress_bars():  # a small model loads in a blink: no "Loading weights" bar
             model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, SafetensorError) as error:
         hint = "" if local.exists() else " (not a local folder; as a Hub id it needs network access or the cache)"
+        if isinstance(error, SafetensorError):
+            hint = " (model.safetensors is damaged or truncated)"
         raise SLMError(f"cannot load the model {name!r}{hint}: {_first_line(error)}") from error
     if revision is None and not trust_remote_code:
         tokenizer = load_tokenizer(name)
     else:
         tokenizer = _load_tokenizer_at(name, revision, trust_remote_code)
-    model.to(device if device is not None else default_device()).eval()
+    model.to(device).eval()
     if int8:
         if not hasattr(model, "quantize_int8"):
             raise SLMError(f"--int8 needs an SLM model; {name} is a {type(model).__name__}")

@@ -26,6 +26,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .atomic_files import atomic_path
+from .configuration_slm import SLMConfig
 from .errors import SLMError
 from .evaluation import QUALITY_PROMPTS, QUALITY_SETTINGS
 
@@ -89,6 +90,9 @@ def render_model_card(
     """The `ModelCard` `write_model_card` saves, without writing it."""
     model_dir = Path(model_dir)
     config = _read_json(model_dir / "config.json", required=True)
+    if config.get("model_type") != SLMConfig.model_type:
+        raise SLMError(f"{model_dir} holds a {config.get('model_type')!r} model, not an slm_hf one "
+                       f"(model_type {SLMConfig.model_type!r}): this model card describes slm_hf models")
     results = _read_json(model_dir / "training_results.json", required=False)
     model_name = model_name or default_model_name(model_dir, repo_id)
     repo_id = repo_id or PLACEHOLDER_REPO_ID.format(name=model_name)

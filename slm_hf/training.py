@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
+import hashlib
 import json
 import logging
 import math
@@ -71,9 +73,14 @@ STORY_SAMPLING = dict(do_sample=True, temperature=0.8, top_k=50, top_p=0.95, max
 RUN_OUTPUTS = ("checkpoints", "final", "best", "metrics.jsonl", "train_config.yaml", "loss_curve.png", "logs")
 CHECKPOINT_NAME = re.compile(r"^step_(\d{7})$")
 STATE_FILE = "training_state.json"
-# Testing aid: seconds to sleep inside a checkpoint save, after writing and before the folder is renamed into
-# place, so that a test can kill the process mid-save. Never set it otherwise.
-SAVE_PAUSE_ENV = "SLM_TEST_PAUSE_IN_SAVE"
+# The last file of a checkpoint: the size and sha256 of every other file in it, subfolders included.
+MANIFEST_FILE = "manifest.json"
+# Names of unfinished writes (atomic_files, save_checkpoint, export_model) and of folders being deleted
+# (_remove_dir): what a killed process leaves behind, removed when a run starts or resumes.
+LEFTOVER_PREFIXES = (".tmp-", ".trash-")
+# errno values of a write that failed for lack of space: a full disk, a quota, a file-size limit.
+OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+FULL_DISK_BYTES = 1 << 20  # a write that failed with less free space than this failed for lack of it
 # save_state warns at every checkpoint that the tied lm_head.weight is not stored: expected, it is reloaded tied.
 logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
 
@@ -362,28 +369,28 @@ def save_checkpoint(
     """Save the full training state into `checkpoints/step_NNNNNNN`, atomically, and keep the last `keep_last`.
 
     Every process writes into a temporary folder (`save_state` writes the weights, optimizer, scheduler, loss
-    scaler and each process's random state); the main process adds `training_state.json` (with the size of every
-    file, to detect a damaged copy) and the config, then renames the folder into place. A checkpoint folder
-    therefore exists only once complete: a kill during the save leaves a `.tmp-` folder that resuming ignores.
-    Only the last `config.keep_last` checkpoints are kept.
+    scaler and each process's random state); the main process adds `training_state.json` and the config, then
+    `manifest.json` last (the size and sha256 of every file, to detect a damaged copy), and renames the folder into
+    place. A checkpoint folder therefore exists only once complete: a kill during the save leaves a `.tmp-` folder
+    that resuming ignores and removes. Only the last `config.keep_last` checkpoints are kept. A save that fails for
+    lack of space raises `SLMError`, leaving the earlier checkpoints as they were.
     """
     final = checkpoint_path(out_dir, state.step)
     temporary = final.with_name(f".tmp-{final.name}")
-    if accelerator.is_main_process and temporary.exists():
-        shutil.rmtree(temporary)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(temporary))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        config.save(temporary / "train_config.yaml")
-        accelerator.unwrap_model(model).config.save_pretrained(temporary)
-        files = {p.name: p.stat().st_size for p in sorted(temporary.iterdir()) if p.is_file()}
-        write_json(temporary / STATE_FILE, {**state.to_json(), "files": files})
-        if os.environ.get(SAVE_PAUSE_ENV):
-            time.sleep(float(os.environ[SAVE_PAUSE_ENV]))
-        _replace_dir(temporary, final)
-        for old in list_checkpoints(out_dir)[: -config.keep_last]:
-            _remove_dir(old)
+    with _out_of_space_is_an_error(f"cannot save checkpoint {final}", temporary, accelerator.is_main_process):
+        if accelerator.is_main_process and temporary.exists():
+            shutil.rmtree(temporary)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(temporary))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            config.save(temporary / "train_config.yaml")
+            accelerator.unwrap_model(model).config.save_pretrained(temporary)
+            write_json(temporary / STATE_FILE, state.to_json())
+            write_json(temporary / MANIFEST_FILE, {"files": _file_digests(temporary)})
+            _replace_dir(temporary, final)
+            for old in list_checkpoints(out_dir)[: -config.keep_last]:
+                _remove_dir(old)
     accelerator.wait_for_everyone()
     return final
 
@@ -398,29 +405,52 @@ def list_checkpoints(out_dir: str | os.PathLike) -> list[Path]:
 
 
 def checkpoint_problem(checkpoint: Path) -> str | None:
-    """Why `checkpoint` cannot be resumed from (missing or truncated files), or None when it looks complete."""
+    """Why `checkpoint` cannot be resumed from (a file missing, truncated or changed), or None when it is intact.
+
+    Every file the manifest lists must be there with its size and sha256: reading them all costs a fraction of
+    the time it took to write them.
+    """
     try:
-        state = json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))
-        files = state["files"]
+        files = json.loads((checkpoint / MANIFEST_FILE).read_text(encoding="utf-8"))["files"]
+        expected = {name: (entry["size"], entry["sha256"]) for name, entry in files.items()}
     except (OSError, ValueError, KeyError, TypeError):
-        return f"no readable {STATE_FILE}"
-    for name, size in files.items():
+        return f"no readable {MANIFEST_FILE} (the save did not finish)"
+    for name, (size, digest) in expected.items():
         path = checkpoint / name
         if not path.is_file():
             return f"{name} is missing"
         if path.stat().st_size != size:
             return f"{name} has {path.stat().st_size} bytes instead of {size}"
+        if _sha256(path) != digest:
+            return f"{name} does not match its sha256 in {MANIFEST_FILE}"
     return None
 
 
 def latest_checkpoint(out_dir: str | os.PathLike, log=print) -> Path | None:
-    """The newest complete checkpoint of a run, or None; damaged ones are skipped with a message."""
+    """The newest intact checkpoint of a run, or None; a damaged one is skipped with a one-line warning."""
     for checkpoint in reversed(list_checkpoints(out_dir)):
         problem = checkpoint_problem(checkpoint)
         if problem is None:
             return checkpoint
-        log(f"skipping checkpoint {checkpoint}: {problem}")
+        log(f"warning: skipping damaged checkpoint {checkpoint}: {problem}")
     return None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while chunk := file.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _file_digests(folder: Path) -> dict[str, dict[str, Any]]:
+    """{relative path: {"size", "sha256"}} of every file under `folder`, subfolders (sharded states) included."""
+    return {
+        path.relative_to(folder).as_posix(): {"size": path.stat().st_size, "sha256": _sha256(path)}
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
 
 
 def read_checkpoint(checkpoint: Path) -> tuple[TrainingState, TrainingConfig]:
@@ -495,34 +525,37 @@ def export_model(
     """Write a Hub-ready model folder, atomically (built under a temporary name, then renamed into place).
 
     The folder holds the safetensors weights, config.json, generation_config.json, the model's code (remote
-    code), the tokenizer, training_results.json, train_config.yaml, a copy of the loss curve, and the model card.
+    code), the tokenizer, training_results.json, train_config.yaml, a copy of the loss curve, and the model card:
+    all of them, the card included, are written before the rename, so the folder is complete or absent.
     Every process must call this (FSDP gathers the full weights); only the main process writes.
     """
     state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         temporary = directory.with_name(f".tmp-{directory.name}")
-        if temporary.exists():
-            shutil.rmtree(temporary)
-        with quiet_progress_bars():  # inside the training bar
-            accelerator.unwrap_model(model).save_pretrained(temporary, state_dict=state_dict)
-        save_tokenizer(tokenizer, temporary)
-        write_json(temporary / "training_results.json", results)
-        config.save(temporary / "train_config.yaml")
-        if loss_curve is not None and loss_curve.is_file():
-            shutil.copy2(loss_curve, temporary / "loss_curve.png")
-        _replace_dir(temporary, directory)
-        if model_card:
-            write_card(directory)
+        with _out_of_space_is_an_error(f"cannot write the model folder {directory}", temporary):
+            if temporary.exists():
+                shutil.rmtree(temporary)
+            with quiet_progress_bars():  # inside the training bar
+                accelerator.unwrap_model(model).save_pretrained(temporary, state_dict=state_dict)
+            save_tokenizer(tokenizer, temporary)
+            write_json(temporary / "training_results.json", results)
+            config.save(temporary / "train_config.yaml")
+            if loss_curve is not None and loss_curve.is_file():
+                shutil.copy2(loss_curve, temporary / "loss_curve.png")
+            if model_card:
+                write_card(temporary, named_as=directory)
+            _replace_dir(temporary, directory)
     accelerator.wait_for_everyone()
     return directory
 
 
-def write_card(directory: Path) -> None:
-    """The model card (README.md), from the folder's own files (slm_hf.model_card)."""
-    from .model_card import write_model_card
+def write_card(directory: Path, named_as: Path | None = None) -> None:
+    """The model card (README.md), from the folder's own files (slm_hf.model_card). `named_as`: the folder's
+    final path, when `directory` is the temporary one it is built in (the card is titled after the run)."""
+    from .model_card import default_model_name, write_model_card
 
     with quiet_progress_bars():
-        write_model_card(directory)
+        write_model_card(directory, model_name=default_model_name(named_as or directory))
 
 
 # ---------------------------------------------------------------------------------------------- the run
@@ -764,6 +797,10 @@ def _train(
         log(f"resumed from {checkpoint} (step {state.step}, {state.tokens:,} tokens)")
     schedule.max_steps = state.max_steps
     metrics = MetricsLog(out_dir / "metrics.jsonl", main, state.step if checkpoint is not None else None)
+    # The evaluation a resumed run logged at its checkpoint's step, if any (the end of a run killed while writing
+    # its model folders: that evaluation is not repeated).
+    logged = metrics.read() if checkpoint is not None else []
+    resumed_eval = next((r for r in logged if "val/loss" in r and r["step"] == state.step), None)
     if main:
         config.save(out_dir / "train_config.yaml")
     if config.report_to != "none":
@@ -989,17 +1026,21 @@ def _train(
         accelerator.end_training()
         return TrainingOutcome(out_dir, None, state.step, interrupted)
 
-    # The model folders: final (this step) and best (lowest validation loss), each with the loss curve and card.
+    # The model folders: best (lowest validation loss) gets the loss curve and its card, then final (this step) is
+    # written whole. final/ is the run's last output: once it exists, a resumed run has nothing left to do.
+    if last_eval is None and resumed_eval is not None and resumed_eval["step"] == state.step:
+        last_eval = resumed_eval  # resumed from the last step's checkpoint: its evaluation is logged already
     final_record = last_eval if last_eval is not None and last_eval["step"] == state.step else run_eval()
     card = isinstance(accelerator.unwrap_model(weights), SLMForCausalLM)  # the card describes SLM models
+    if main and (out_dir / "best").is_dir():
+        with _out_of_space_is_an_error(f"cannot finish the model folder {out_dir / 'best'}"):
+            copy_file(curve, out_dir / "best" / "loss_curve.png")
+            if card:
+                write_card(out_dir / "best")
+    accelerator.wait_for_everyone()
     final_dir = export_model(
         accelerator, weights, tokenizer, out_dir / "final", results(final_record), config, curve, model_card=card
     )
-    if main and (out_dir / "best").is_dir():
-        copy_file(curve, out_dir / "best" / "loss_curve.png")
-        if card:
-            write_card(out_dir / "best")
-    accelerator.wait_for_everyone()
     accelerator.end_training()
     log(
         f"done: step {state.step}, {state.tokens:,} tokens, val loss {final_record['val/loss']:.4f} "
@@ -1080,6 +1121,9 @@ def _prepare_output_dir(out_dir: Path, overwrite: bool, distributed: PartialStat
         probe.unlink()
     except OSError as error:
         raise SLMError(f"cannot write to the output folder {out_dir}: {error.strerror or error}") from error
+    if distributed.is_main_process:
+        for leftover in _remove_leftovers(out_dir):
+            print(f"removed {leftover}, left unfinished by an earlier run that was stopped")
     if overwrite and distributed.is_main_process:
         for name in RUN_OUTPUTS:
             path = out_dir / name
@@ -1181,10 +1225,71 @@ def _replace_dir(source: Path, target: Path) -> None:
 
 
 def _remove_dir(path: Path) -> None:
-    """Delete a folder: rename it first, so a kill during the deletion leaves no half folder under its name."""
+    """Delete a folder: rename it first, so a kill during the deletion leaves no half folder under its name (only a
+    `.trash-` folder, which the next start removes)."""
     trash = path.with_name(f".trash-{path.name}-{os.getpid()}")
     os.rename(path, trash)
     shutil.rmtree(trash)
+
+
+def _remove_leftovers(out_dir: Path) -> list[Path]:
+    """Delete what killed runs left in `out_dir`: `.tmp-` files and folders of unfinished writes, `.trash-` folders
+    of unfinished deletions (in the run folder, checkpoints/, best/ and final/). Returns what was removed."""
+    removed = []
+    for folder in (out_dir, out_dir / "checkpoints", out_dir / "best", out_dir / "final"):
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.iterdir()):
+            if path.name.startswith(LEFTOVER_PREFIXES):
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+                removed.append(path)
+    return removed
+
+
+@contextlib.contextmanager
+def _out_of_space_is_an_error(what: str, partial: Path | None = None, clean_up: bool = True):
+    """Turn a write that fails for lack of space (full disk, quota, file-size limit) into an `SLMError` naming
+    `what`, after deleting the half-written folder `partial`. Other errors pass through unchanged."""
+    try:
+        yield
+    except Exception as error:
+        reason = _out_of_space_reason(error, partial)
+        if reason is None:
+            raise
+        if clean_up and partial is not None:
+            shutil.rmtree(partial, ignore_errors=True)
+        raise SLMError(f"{what}: {reason}; earlier checkpoints and model folders are intact") from error
+
+
+def _out_of_space_reason(error: BaseException, written: Path | None) -> str | None:
+    """Why a write failed, if for lack of space. The `OSError` is searched for in the error's chain; torch's zip
+    writer and safetensors drop it ("unexpected pos", "IoError"), so the disk is then checked: its free space, and
+    the file-size limit (RLIMIT_FSIZE) against the files written into `written`."""
+    cause: BaseException | None = error
+    seen = set()
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and cause.errno in OUT_OF_SPACE:
+            return os.strerror(cause.errno).lower()
+        cause = cause.__cause__ or cause.__context__
+    if written is None or not written.is_dir() or isinstance(error, (SLMError, KeyboardInterrupt)):
+        return None
+    if shutil.disk_usage(written).free < FULL_DISK_BYTES:
+        return os.strerror(errno.ENOSPC).lower()
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    except (ImportError, ValueError, OSError):  # not on this platform
+        return None
+    if limit != resource.RLIM_INFINITY and any(
+        path.is_file() and path.stat().st_size >= limit for path in written.rglob("*")
+    ):
+        return f"{os.strerror(errno.EFBIG).lower()} (the file size limit, ulimit -f, is {limit:,} bytes)"
+    return None
 
 
 __all__ = [

@@ -234,7 +234,9 @@ class TrainingConfig:
             try:
                 data = read_yaml(path.read_text(encoding="utf-8")) or {}
             except yaml.YAMLError as error:
-                raise SLMError(f"config file {path} is not valid YAML: {error}") from error
+                mark, problem = getattr(error, "problem_mark", None), getattr(error, "problem", None) or error
+                where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+                raise SLMError(f"config file {path} is not valid YAML: {problem}{where}") from error
             if not isinstance(data, dict):
                 raise SLMError(f"config file {path} must hold a mapping of keys to values")
         data = apply_overrides(data, overrides)

@@ -11,7 +11,8 @@ import os
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_VALID = Path("/work/shared/data/tinystories/valid.txt")
+# Real TinyStories validation stories, from the sample the package ships (inside the repository).
+SAMPLE_VALID = REPO / "slm_hf" / "sample_data" / "tinystories_valid.txt.gz"
 _CACHE: dict[str, Path] = {}
 
 

@@ -17,6 +17,7 @@ import time
 import urllib.request
 
 import pytest
+import torch
 
 from share_fixtures import REPO, offline_env, trained_run
 
@@ -31,13 +32,21 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
 ]
 PROMPT = "Once upon a time"
-# Records every distinct value the story box shows, once per animation frame, in window.__seen.
+# Records every distinct value the story box shows, once per animation frame, in window.__seen (with the time of
+# each in window.__times), and every queue position the page shows ("queue: 1/2") in window.__queue.
 RECORD_STORY_BOX = """() => {
     window.__seen = [];
+    window.__times = [];
+    window.__queue = [];
     const tick = () => {
         const box = document.querySelector('#story textarea');
         const seen = window.__seen;
-        if (box && (!seen.length || seen[seen.length - 1] !== box.value)) seen.push(box.value);
+        if (box && (!seen.length || seen[seen.length - 1] !== box.value)) {
+            seen.push(box.value);
+            window.__times.push(Date.now());
+        }
+        const queued = document.body.innerText.match(/queue: *(\\d+) *\\/ *(\\d+)/);
+        if (queued && !window.__queue.includes(queued[0])) window.__queue.push(queued[0]);
         requestAnimationFrame(tick);
     };
     tick();
@@ -69,9 +78,19 @@ def test_the_story_grows_token_by_token(teller):
     assert steps[0].startswith(PROMPT) and len(steps[-1]) > len(PROMPT)
 
 
-def test_the_int8_story_teller_tells_stories(final):
-    teller = _load_app_module().StoryTeller.load(str(final), int8=True)
-    steps = list(teller.tell(PROMPT, max_new_tokens=10, temperature=0.8, top_k=50))
+def test_the_int8_story_teller_tells_stories(final, teller):
+    from slm_hf.modeling_slm import SLMInt8Linear
+
+    int8 = _load_app_module().StoryTeller.load(str(final), int8=True)
+    layers = [module for module in int8.model.modules() if isinstance(module, (torch.nn.Linear, SLMInt8Linear))]
+    assert layers and all(isinstance(layer, SLMInt8Linear) for layer in layers)  # every linear layer converted
+    assert not any(isinstance(module, SLMInt8Linear) for module in teller.model.modules())  # the default: fp32
+    ids = torch.tensor([teller.check_prompt(PROMPT)[0]])
+    with torch.no_grad():
+        logits, int8_logits = teller.model(ids).logits, int8.model(ids).logits
+    assert not torch.equal(logits, int8_logits)  # int8 products: close to the fp32 ones, not equal
+    assert torch.allclose(logits, int8_logits, atol=0.5)
+    steps = list(int8.tell(PROMPT, max_new_tokens=10, temperature=0.8, top_k=50))
     assert steps[0].startswith(PROMPT) and len(steps[-1]) > len(PROMPT)
 
 
@@ -195,13 +214,26 @@ def test_an_example_prompt_and_an_over_long_prompt_in_the_page(browser, app_url)
     page.close()
 
 
-def test_two_users_at_once_are_both_served(browser, app_url):
-    pages = [_open(browser, app_url) for _ in range(2)]
-    for page, prompt in zip(pages, ("Tom had a dog.", "Mia saw a bird.")):
+def test_two_users_at_once_are_queued_and_both_served(browser, app_url):
+    """One story at a time: the second user's request waits in the queue, which the page shows ("queue: 1/..."), and
+    its story starts streaming only after the first one has finished."""
+    prompts = ("Tom had a dog.", "Mia saw a bird.")
+    pages = [_open(browser, app_url) for _ in prompts]
+    for page, prompt in zip(pages, prompts):
         page.locator("#prompt textarea").fill(prompt)
     for page in pages:
         page.locator("#tell").click()
-    for page, prompt in zip(pages, ("Tom had a dog.", "Mia saw a bird.")):
+    stories = []
+    for page, prompt in zip(pages, prompts):
         story = _wait_until_settled(page, len(prompt) + 20)[-1]
         assert story.startswith(prompt) and len(story) > len(prompt) + 20
+        stories.append([(value, time) for value, time in zip(page.evaluate("window.__seen"),
+                                                             page.evaluate("window.__times")) if value])
+    first_done = stories[0][-1][1]
+    second_started = stories[1][0][1]
+    assert second_started >= first_done, "the two stories streamed at the same time: no queue"
+    assert "queue: 1/" in " ".join(pages[1].evaluate("window.__queue")).replace(" / ", "/"), pages[1].evaluate(
+        "window.__queue"
+    )
+    for page in pages:
         page.close()

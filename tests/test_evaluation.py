@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from share_fixtures import REPO, SHARED_VALID, data_folder, offline_env, trained_run
+from share_fixtures import REPO, SAMPLE_VALID, data_folder, offline_env, trained_run
 from slm_hf.errors import SLMError
 from slm_hf.evaluation import (
     distinct_n,
@@ -45,7 +45,7 @@ def loaded(run):
 
 @pytest.fixture(scope="module")
 def stories():
-    return read_stories(SHARED_VALID, max_stories=40)
+    return read_stories(SAMPLE_VALID, max_stories=40)
 
 
 # ---------------------------------------------------------------------------------------------- bytes, windows
@@ -215,7 +215,7 @@ def _script(name, *args, stdin=None, env=None):
 
 def test_evaluate_script_reports_json_and_a_summary(run, tmp_path):
     text = tmp_path / "stories.jsonl"
-    text.write_text("".join(json.dumps({"text": s}) + "\n" for s in read_stories(SHARED_VALID, 5)))
+    text.write_text("".join(json.dumps({"text": s}) + "\n" for s in read_stories(SAMPLE_VALID, 5)))
     report_file = tmp_path / "eval.json"
     done = _script("evaluate.py", "--model", run / "final", "--data", text, "--json", report_file)
     assert done.returncode == 0, done.stderr

@@ -2,6 +2,10 @@
 
 import json
 import shutil
+import stat
+import subprocess
+import sys
+import zipfile
 
 import pytest
 import yaml
@@ -74,8 +78,33 @@ def test_card_without_training_results_says_less_and_fails_the_check(tmp_path, f
     assert any("model-index" in problem for problem in check_model_card(path))
 
 
-def test_the_package_template_is_the_top_level_template():
-    assert template_path().read_text() == (REPO / "model_card.md").read_text()
+def test_a_built_wheel_installs_the_template_and_the_sample_data(tmp_path):
+    """In a checkout, slm_hf/templates/model_card.md is a link to the top-level template; a wheel must carry a real
+    copy of it (and the TinyStories sample), or an installed slm_hf cannot write cards or prepare data."""
+    source = tmp_path / "source"  # a copy of what the build reads, so that the build leaves the checkout as it was
+    for name in ("pyproject.toml", "README.md", "model_card.md"):
+        shutil.copy2(REPO / name, source / name if source.is_dir() else _mkdir(source) / name)
+    shutil.copytree(REPO / "slm_hf", source / "slm_hf", symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
+         "-w", str(tmp_path / "wheels"), str(source)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr[-3000:]
+    (wheel,) = (tmp_path / "wheels").glob("slm_hf-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        template = archive.getinfo("slm_hf/templates/model_card.md")
+        assert not stat.S_ISLNK(template.external_attr >> 16)  # a file, not a link
+        assert archive.read(template).decode() == (REPO / "model_card.md").read_text()
+        assert archive.read(template).decode() == template_path().read_text()
+    assert {"slm_hf/sample_data/tinystories_train.txt.gz", "slm_hf/sample_data/tinystories_valid.txt.gz",
+            "slm_hf/sample_data/LICENSE"} <= names
+
+
+def _mkdir(path):
+    path.mkdir(parents=True)
+    return path
 
 
 def test_check_reports_a_missing_card(tmp_path):

@@ -1,0 +1,235 @@
+"""Every bad input of every entry point, in one table: each flag of each script with its plausible bad values.
+
+Each case runs the script's `main()` in this process (a subprocess each would take minutes: every one imports
+torch) and must exit with status 2 and print one line, starting `error:`, on stderr: no traceback (an unexpected
+exception fails the test), no usage block. The files the case could touch (the fixtures' folders, the data and the
+trained run) must be byte for byte and timestamp for timestamp as they were.
+
+The `*_path` names in a case's arguments are fixture paths, filled in by `paths`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from share_fixtures import REPO, data_folder, trained_run
+
+# (script, arguments, what the error line must mention): {name} is a fixture path from `paths` below.
+CASES = [
+    # ------------------------------------------------------------------------------------------ prepare_data
+    ("prepare_data", [], "--out"),
+    ("prepare_data", ["--out", "{new}", "--source", "{missing}"], "missing"),
+    ("prepare_data", ["--out", "{new}", "--source", "{empty_dir}"], "empty_dir"),
+    ("prepare_data", ["--out", "{new}", "--source", "{corrupt_gz}"], "corrupt.txt.gz"),
+    ("prepare_data", ["--out", "{new}", "--source", "{binary_txt}"], "binary.txt"),
+    ("prepare_data", ["--out", "{new}", "--source", "{jsonl}", "--text-column", "story"], "story"),
+    ("prepare_data", ["--out", "{new}", "--vocab-size", "many"], "--vocab-size"),
+    ("prepare_data", ["--out", "{new}", "--vocab-size", "0"], "vocab"),
+    ("prepare_data", ["--out", "{new}", "--vocab-size", "-512"], "vocab"),
+    ("prepare_data", ["--out", "{new}", "--tokenizer", "{missing}"], "missing"),
+    ("prepare_data", ["--out", "{new}", "--tokenizer", "{empty_tokenizer}"], "tokenizer"),
+    ("prepare_data", ["--out", "{new}", "--val-fraction", "1.5"], "val"),
+    ("prepare_data", ["--out", "{new}", "--val-fraction", "-0.1"], "val"),
+    ("prepare_data", ["--out", "{new}", "--val-fraction", "a tenth"], "--val-fraction"),
+    ("prepare_data", ["--out", "{new}", "--max-stories", "0"], "stories"),
+    ("prepare_data", ["--out", "{new}", "--max-stories", "-3"], "stories"),
+    ("prepare_data", ["--out", "{new}", "--tokenizer-train-stories", "0"], "tokenizer_train_stories"),
+    ("prepare_data", ["--out", "{new}", "--num-proc", "0"], "num"),
+    ("prepare_data", ["--out", "{new}", "--num-proc", "two"], "--num-proc"),
+    ("prepare_data", ["--out", "{new}", "--seed", "random"], "--seed"),
+    ("prepare_data", ["--out", "{a_file}"], "a-file"),
+    ("prepare_data", ["--out", "{under_a_file}"], "a-file"),
+    ("prepare_data", ["--out", "{new}", "--source", "{jsonl}", "--data-files", "train=x.txt"], "data_files"),
+    ("prepare_data", ["--out", "{new}", "--no-such-flag"], "--no-such-flag"),
+    # ------------------------------------------------------------------------------------------------ train
+    ("train", ["--config", "{missing}", "--data", "{data}", "--out", "{new}"], "missing"),
+    ("train", ["--config", "{empty_dir}", "--data", "{data}", "--out", "{new}"], "empty_dir"),
+    ("train", ["--config", "{broken_yaml}", "--data", "{data}", "--out", "{new}"], "broken.yaml"),
+    ("train", ["--config", "{tiny}", "--data", "{missing}", "--out", "{new}"], "missing"),
+    ("train", ["--config", "{tiny}", "--data", "{a_file}", "--out", "{new}"], "a-file"),
+    ("train", ["--config", "{tiny}", "--data", "{empty_dir}", "--out", "{new}"], "meta.json"),
+    ("train", ["--config", "{tiny}", "--data", "{data}", "--out", "{under_a_file}"], "cannot write"),
+    ("train", ["--config", "{tiny}", "--data", "{data}", "--out", "{run}"], "--resume auto"),
+    ("train", ["--config", "{tiny}", "--data", "{other_data}", "--out", "{run}", "--resume", "auto"], "tokenizer"),
+    ("train", ["--config", "{tiny}", "--data", "{data}", "--out", "{new}", "--resume", "{missing}"], "missing"),
+    ("train", ["--config", "{tiny}", "--data", "{data}", "--out", "{new}", "--resume", "{a_file}"], "a-file"),
+    ("train", ["--config", "{tiny}", "--data", "{data}", "--out", "{new}", "--resume", "{final}"], "manifest.json"),
+    ("train", ["--config", "{tiny}", "--data", "{data}", "--out", "{run}", "--resume", "auto", "--overwrite"],
+     "contradict"),
+    ("train", ["--config", "{tiny}", "--data", "{data}", "--out", "{new}", "--mixed-precision", "fp32"],
+     "--mixed-precision"),
+    ("train", ["--config", "{tiny}", "--data", "{data}", "--out", "{new}", "--mixed-precision", "fp16"], "CUDA"),
+    ("train", ["--config", "{tiny}", "--data", "{data}", "--out", "{new}", "--report-to", "slack"], "--report-to"),
+    ("train", ["--config", "{tiny}", "--data", "{data}", "--out", "{new}", "max_step=3"], "max_steps"),
+    ("train", ["--config", "{tiny}", "--data", "{data}", "--out", "{new}", "batch_size=eight"], "batch_size"),
+    ("train", ["--config", "{tiny}", "--data", "{data}", "--out", "{new}", "max_steps=0"], "max_steps"),
+    ("train", ["--config", "{tiny}", "--data", "{data}", "--out", "{new}", "learning_rate=-1e-3"], "learning_rate"),
+    ("train", ["--config", "{tiny}", "--data", "{data}", "--out", "{new}", "keep_last=0"], "keep_last"),
+    ("train", ["--config", "{tiny}", "--data", "{data}", "--out", "{new}", "model.vocab_size=1000"], "vocab_size"),
+    ("train", ["--config", "{tiny}", "--data", "{data}", "--out", "{new}", "block_size=4096"],
+     "max_position_embeddings"),
+    ("train", ["--config", "{tiny}", "--data", "{data}", "--out", "{new}", "no-equals-sign"], "key=value"),
+    # ------------------------------------------------------------------------------------------------ evaluate
+    ("evaluate", ["--data", "{data}"], "--model"),
+    ("evaluate", ["--model", "{final}"], "--data"),
+    ("evaluate", ["--model", "{missing}", "--data", "{data}"], "missing"),
+    ("evaluate", ["--model", "{a_file}", "--data", "{data}"], "a-file"),
+    ("evaluate", ["--model", "{empty_dir}", "--data", "{data}"], "empty_dir"),
+    ("evaluate", ["--model", "{truncated_model}", "--data", "{data}"], "model.safetensors"),
+    ("evaluate", ["--model", "{empty_tokenizer}", "--data", "{data}"], "tokenizer"),
+    ("evaluate", ["--model", "{final}", "--data", "{missing}"], "missing"),
+    ("evaluate", ["--model", "{final}", "--data", "{corrupt_gz}"], "corrupt.txt.gz"),
+    ("evaluate", ["--model", "{final}", "--data", "{empty_dir}"], "empty_dir"),
+    ("evaluate", ["--model", "{final}", "--data", "{other_data}"], "tokenizer"),
+    ("evaluate", ["--model", "{final}", "--data", "{data}", "--max-stories", "0"], "--max-stories"),
+    ("evaluate", ["--model", "{final}", "--data", "{data}", "--max-stories", "all"], "--max-stories"),
+    ("evaluate", ["--model", "{final}", "--data", "{data}", "--batch-size", "0"], "--batch-size"),
+    ("evaluate", ["--model", "{final}", "--data", "{data}", "--device", "gpu9"], "gpu9"),
+    ("evaluate", ["--model", "{final}", "--data", "{data}", "--json", "{under_a_file}"], "a-file"),
+    # ------------------------------------------------------------------------------------------------ generate
+    ("generate", ["--prompt", "Once"], "--model"),
+    ("generate", ["--model", "{missing}", "--prompt", "Once"], "missing"),
+    ("generate", ["--model", "{a_file}", "--prompt", "Once"], "a-file"),
+    ("generate", ["--model", "{truncated_model}", "--prompt", "Once"], "model.safetensors"),
+    ("generate", ["--model", "{empty_tokenizer}", "--prompt", "Once"], "tokenizer"),
+    ("generate", ["--model", "{other_arch}", "--prompt", "Once", "--int8"], "GPT2LMHeadModel"),
+    ("generate", ["--model", "{final}", "--prompt", "Once", "--max-new-tokens", "0"], "max_new_tokens"),
+    ("generate", ["--model", "{final}", "--prompt", "Once", "--max-new-tokens", "lots"], "--max-new-tokens"),
+    ("generate", ["--model", "{final}", "--prompt", "Once", "--temperature", "-1"], "temperature"),
+    ("generate", ["--model", "{final}", "--prompt", "Once", "--temperature", "warm"], "--temperature"),
+    ("generate", ["--model", "{final}", "--prompt", "Once", "--top-k", "-5"], "top_k"),
+    ("generate", ["--model", "{final}", "--prompt", "Once", "--top-p", "1.5"], "top_p"),
+    ("generate", ["--model", "{final}", "--prompt", "Once", "--top-p", "0"], "top_p"),
+    ("generate", ["--model", "{final}", "--prompt", "Once", "--repetition-penalty", "0"], "repetition_penalty"),
+    ("generate", ["--model", "{final}", "--prompt", "Once", "--num-return-sequences", "0"], "num_return_sequences"),
+    ("generate", ["--model", "{final}", "--prompt", "Once", "--seed", "lucky"], "--seed"),
+    ("generate", ["--model", "{final}", "--prompt", "Once", "--device", "gpu9"], "gpu9"),
+    # --------------------------------------------------------------------------------------------- push_to_hub
+    ("push_to_hub", ["--model", "{final}"], "--repo-id"),
+    ("push_to_hub", ["--model", "{missing}", "--repo-id", "me/slm", "--dry-run"], "missing"),
+    ("push_to_hub", ["--model", "{a_file}", "--repo-id", "me/slm", "--dry-run"], "a-file"),
+    ("push_to_hub", ["--model", "{empty_dir}", "--repo-id", "me/slm", "--dry-run"], "empty_dir"),
+    ("push_to_hub", ["--model", "{truncated_model}", "--repo-id", "me/slm", "--dry-run"], "model.safetensors"),
+    ("push_to_hub", ["--model", "{other_arch}", "--repo-id", "me/slm", "--dry-run"], "gpt2"),
+    ("push_to_hub", ["--model", "{final}", "--repo-id", "not a repo id!", "--dry-run"], "repo"),
+    ("push_to_hub", ["--model", "{final}", "--repo-id", "a/b/c", "--dry-run"], "repo"),
+    # ------------------------------------------------------------------------------------------------- app.py
+    ("app", [], "--model"),
+    ("app", ["--model", "{missing}"], "missing"),
+    ("app", ["--model", "{a_file}"], "a-file"),
+    ("app", ["--model", "{truncated_model}"], "model"),
+    ("app", ["--model", "{empty_tokenizer}"], "tokenizer"),
+    ("app", ["--model", "{other_arch}", "--int8"], "int8"),
+    ("app", ["--model", "{final}", "--port", "http"], "--port"),
+]
+
+
+def _case_id(case):
+    script, args, _ = case
+    return f"{script}:{' '.join(args)}"
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory):
+    """The fixture paths the cases name: bad files and folders, a data folder, a trained run."""
+    root = tmp_path_factory.mktemp("bad-inputs")
+    run = trained_run(tmp_path_factory)
+    final = run / "final"
+    paths = {
+        "root": root,
+        "new": root / "new-output",
+        "missing": root / "missing",
+        "a_file": root / "a-file",
+        "under_a_file": root / "a-file" / "inside",
+        "empty_dir": root / "empty_dir",
+        "corrupt_gz": root / "corrupt.txt.gz",
+        "binary_txt": root / "binary.txt",
+        "jsonl": root / "stories.jsonl",
+        "broken_yaml": root / "broken.yaml",
+        "empty_tokenizer": root / "empty-tokenizer",
+        "truncated_model": root / "truncated-model",
+        "other_arch": root / "gpt2-model",
+        "other_data": root / "other-tokenizer-data",
+        "tiny": REPO / "configs" / "tiny.yaml",
+        "data": data_folder(tmp_path_factory),
+        "run": run,
+        "final": final,
+    }
+    paths["a_file"].write_text("not a folder\n")
+    paths["empty_dir"].mkdir()
+    paths["corrupt_gz"].write_bytes(gzip.compress(b"Once upon a time.\n<|endoftext|>\n" * 50)[:-40] + b"\0" * 40)
+    paths["binary_txt"].write_bytes(b"Once upon a time\0\x01\x02 there was a cat.\n<|endoftext|>\n")
+    paths["jsonl"].write_text("".join(json.dumps({"text": f"Story {i}."}) + "\n" for i in range(20)))
+    paths["broken_yaml"].write_text("model:\n  preset: tiny\n batch_size: [8\n")
+    shutil.copytree(final, paths["empty_tokenizer"])
+    (paths["empty_tokenizer"] / "tokenizer.json").write_bytes(b"")
+    shutil.copytree(final, paths["truncated_model"])
+    with open(paths["truncated_model"] / "model.safetensors", "r+b") as weights:
+        weights.truncate(1000)
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=512, n_positions=64)).save_pretrained(
+        paths["other_arch"]
+    )
+    shutil.copy2(final / "tokenizer.json", paths["other_arch"] / "tokenizer.json")
+    shutil.copy2(final / "tokenizer_config.json", paths["other_arch"] / "tokenizer_config.json")
+    from slm_hf.data import prepare_data
+
+    prepare_data("sample", out_dir=paths["other_data"], vocab_size=300, max_stories=200, show_progress=False)
+    return paths
+
+
+def _snapshot(*roots: Path) -> dict[str, tuple]:
+    """(kind, size, sha256, mtime) of every file and folder under `roots`."""
+    entries = {}
+    for root in roots:
+        for path in [root, *sorted(root.rglob("*"))]:
+            info = path.lstat()
+            digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+            entries[str(path)] = (path.is_dir(), info.st_size if digest else None, digest, info.st_mtime_ns)
+    return entries
+
+
+_SCRIPTS: dict[str, object] = {}
+
+
+def _script(name):
+    if name not in _SCRIPTS:
+        path = REPO / ("app.py" if name == "app" else f"scripts/{name}.py")
+        spec = importlib.util.spec_from_file_location(f"bad_input_{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _SCRIPTS[name] = module
+    return _SCRIPTS[name]
+
+
+def test_the_table_covers_every_script_and_60_cases():
+    assert len(CASES) >= 60
+    assert {script for script, _, _ in CASES} == {"prepare_data", "train", "evaluate", "generate", "push_to_hub", "app"}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_case_id(case) for case in CASES])
+def test_a_bad_input_is_one_error_line_status_2_and_touches_nothing(case, paths, capsys, monkeypatch):
+    script, args, mentioned = case
+    argv = [arg.format(**{name: str(path) for name, path in paths.items()}) for arg in args]
+    main = _script(script).main
+    monkeypatch.setattr(sys, "stdin", None)  # no case may wait for input
+    roots = [paths["root"], paths["data"], paths["run"]]
+    before = _snapshot(*roots)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit:
+        main(argv)
+    stderr = capsys.readouterr().err
+    lines = stderr.strip().splitlines()
+    assert exit.value.code == 2, stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    assert mentioned.lower() in lines[0].lower(), lines[0]
+    assert _snapshot(*roots) == before
