@@ -45,13 +45,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))  # the scripts' command_line module
 
 import torch  # noqa: E402
 from peers import build_llama  # noqa: E402
 
 from slm_hf.atomic_files import atomic_path, write_json  # noqa: E402
 from slm_hf.data import prepare_data, read_meta  # noqa: E402
-from slm_hf.errors import SLMError, exit_on_error  # noqa: E402
+from command_line import exit_on_error  # noqa: E402
+
+from slm_hf.errors import SLMError  # noqa: E402
 from slm_hf.evaluation import evaluate_data_folder  # noqa: E402
 from slm_hf.generation import load_pretrained  # noqa: E402
 from slm_hf.training import train  # noqa: E402

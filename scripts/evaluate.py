@@ -13,10 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from slm_hf.atomic_files import check_can_create, write_json
-from slm_hf.errors import ArgumentParser, SLMError, exit_on_error
-from slm_hf.evaluation import evaluate, summary
-from slm_hf.generation import load_pretrained
+from command_line import ArgumentParser, exit_on_error
 
 
 def parse_args(argv=None):
@@ -42,6 +39,11 @@ def parse_args(argv=None):
 @exit_on_error
 def main(argv=None):
     args = parse_args(argv)
+    from slm_hf.atomic_files import check_can_create, write_json  # after parsing: see scripts/command_line.py
+    from slm_hf.errors import SLMError
+    from slm_hf.evaluation import evaluate, summary
+    from slm_hf.generation import load_pretrained
+
     if args.json:
         check_can_create(args.json, "--json file")
     if not Path(args.data).exists():

@@ -9,49 +9,43 @@ Without --prompt, every non-empty line of stdin is a prompt. --model is a folder
 
 import sys
 
-from slm_hf.errors import ArgumentParser, SLMError, exit_on_error
-from slm_hf.generation import GenerationSettings, load_pretrained, read_prompts, stream_to_terminal
-
-DEFAULTS = GenerationSettings()
+from command_line import ArgumentParser, exit_on_error
 
 
 def parse_args(argv=None):
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="a model folder (e.g. a run's final/) or a Hub model id")
     parser.add_argument("--prompt", default=None, help="the beginning of the story (default: read lines of stdin)")
-    parser.add_argument("--max-new-tokens", type=int, default=DEFAULTS.max_new_tokens)
-    parser.add_argument("--temperature", type=float, default=DEFAULTS.temperature, help="0 = greedy")
-    parser.add_argument("--top-k", type=int, default=DEFAULTS.top_k, help="0 = no top-k filter")
-    parser.add_argument("--top-p", type=float, default=DEFAULTS.top_p, help="1 = no nucleus filter")
-    parser.add_argument("--repetition-penalty", type=float, default=DEFAULTS.repetition_penalty)
+    # Sampling: what is not given takes slm_hf.generation.GenerationSettings' default.
+    parser.add_argument("--max-new-tokens", type=int, help="the most tokens to add (default 200)")
+    parser.add_argument("--temperature", type=float, help="0 = greedy (default 0.8)")
+    parser.add_argument("--top-k", type=int, help="0 = no top-k filter (default 50)")
+    parser.add_argument("--top-p", type=float, help="1 = no nucleus filter (default 1)")
+    parser.add_argument("--repetition-penalty", type=float, help="1 = none (default 1)")
     parser.add_argument("--seed", type=int, default=None, help="seed for reproducible stories (default: random)")
-    parser.add_argument("--num-return-sequences", type=int, default=DEFAULTS.num_return_sequences)
+    parser.add_argument("--num-return-sequences", type=int, help="stories per prompt (default 1)")
     parser.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of --model")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow a Hub model's own code to run (not needed for SLM models)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--int8", action="store_true",
                         help="int8 weights for fast inference (SLM models; about 2.5x faster on a CPU)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.prompt is None and sys.stdin.isatty():  # nobody is going to type prompts into a waiting script
+        parser.error("no prompt: pass --prompt TEXT, or pipe prompts in, one per line "
+                     "(echo 'Once upon a time' | python scripts/generate.py --model DIR)")
+    return args
 
 
 @exit_on_error
 def main(argv=None):
     args = parse_args(argv)
-    settings = GenerationSettings(
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        repetition_penalty=args.repetition_penalty,
-        seed=args.seed,
-        num_return_sequences=args.num_return_sequences,
-    )
-    if args.prompt is None and sys.stdin.isatty():  # nobody is going to type prompts into a waiting script
-        raise SLMError(
-            "no prompt: pass --prompt TEXT, or pipe prompts in, one per line "
-            "(echo 'Once upon a time' | python scripts/generate.py --model DIR)"
-        )
+    from slm_hf.errors import SLMError  # after parsing: --help and bad arguments answer before torch is imported
+    from slm_hf.generation import GenerationSettings, load_pretrained, read_prompts, stream_to_terminal
+
+    sampling = ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "num_return_sequences")
+    given = {name: getattr(args, name) for name in sampling if getattr(args, name) is not None}
+    settings = GenerationSettings(**given, seed=args.seed)
     prompts = [args.prompt] if args.prompt is not None else read_prompts(sys.stdin)
     model, tokenizer = load_pretrained(args.model, device=args.device, revision=args.revision,
                                        trust_remote_code=args.trust_remote_code, int8=args.int8)

@@ -12,8 +12,7 @@ Log in first with `hf auth login`, or set HF_TOKEN.
 
 import sys
 
-from slm_hf.errors import ArgumentParser, exit_on_error
-from slm_hf.hub import push_to_hub
+from command_line import ArgumentParser, exit_on_error
 
 
 def parse_args(argv=None):
@@ -31,6 +30,8 @@ def parse_args(argv=None):
 @exit_on_error
 def main(argv=None):
     args = parse_args(argv)
+    from slm_hf.hub import push_to_hub  # after parsing: see scripts/command_line.py
+
     result = push_to_hub(args.model, args.repo_id, private=args.private, revision=args.revision,
                          dry_run=args.dry_run, update_card=not args.keep_card, commit_message=args.commit_message)
     for check in result.checks:

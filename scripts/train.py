@@ -8,9 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from slm_hf.errors import ArgumentParser, exit_on_error
-from slm_hf.training import train
-from slm_hf.training_config import PRECISIONS, TRACKERS, TrainingConfig
+from command_line import ArgumentParser, exit_on_error
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -24,8 +22,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="continue a run: 'auto' from the newest complete checkpoint in --out (or start afresh), "
         "or from the checkpoint folder PATH",
     )
-    parser.add_argument("--mixed-precision", choices=PRECISIONS, help="overrides the config's mixed_precision")
-    parser.add_argument("--report-to", choices=TRACKERS, help="overrides the config's report_to")
+    parser.add_argument("--mixed-precision", metavar="auto|no|fp16|bf16",
+                        help="overrides the config's mixed_precision (docs/training.md)")
+    parser.add_argument("--report-to", metavar="none|tensorboard|wandb", help="overrides the config's report_to")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier run's outputs in --out")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     return parser.parse_intermixed_args(argv)  # key=value overrides may come before, between or after the flags
@@ -34,6 +33,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 @exit_on_error
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from slm_hf.training import train  # after parsing: --help and bad arguments answer before torch is imported
+    from slm_hf.training_config import TrainingConfig
+
     overrides = list(args.overrides)
     if args.mixed_precision:
         overrides.append(f"mixed_precision={args.mixed_precision}")

@@ -1,8 +1,5 @@
-"""User-facing errors: what the command-line entry points turn into one clear line and a non-zero exit."""
-
-import argparse
-import functools
-import sys
+"""User-facing errors: what the command-line entry points turn into one clear line and a non-zero exit
+(scripts/command_line.py)."""
 
 
 class SLMError(Exception):
@@ -18,29 +15,3 @@ class SLMError(Exception):
     def __init__(self, message: str = "", *, quiet: bool = False):
         super().__init__(message)
         self.quiet = quiet
-
-
-def exit_on_error(main):
-    """Decorate a script's `main()`: an `SLMError` becomes one line on stderr and exit status 2."""
-
-    @functools.wraps(main)
-    def wrapper(*args, **kwargs):
-        try:
-            return main(*args, **kwargs)
-        except SLMError as error:
-            if not error.quiet:
-                print(f"error: {error}", file=sys.stderr)
-            sys.exit(2)
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            sys.exit(130)
-
-    return wrapper
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """An `argparse.ArgumentParser` whose usage errors (a missing flag, a value of the wrong type or out of the
-    choices) read like every other bad input: one line `error: <message>` on stderr and exit status 2."""
-
-    def error(self, message):
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
