@@ -76,7 +76,7 @@ def main(argv=None) -> None:
         data_files=parse_data_files(args.data_files),
         num_proc=args.num_proc,
         overwrite=args.overwrite,
-        show_progress=not args.no_progress,
+        show_progress=not args.no_progress and sys.stderr.isatty(),  # no bar fragments in log files
         **given,
     )
 
