@@ -57,7 +57,7 @@ def looks_like_a_path(name: str) -> bool:
 
 
 if __name__ == "__main__":
-    ARGS = parse_args()  # before the imports below (seconds): --help and bad arguments answer at once
+    parse_args()  # before the imports below (seconds): --help and bad arguments answer at once
 
 
 import gradio as gr  # noqa: E402
@@ -183,7 +183,8 @@ def build_demo(teller: StoryTeller, title: str = "Tiny story teller") -> gr.Bloc
     return demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
 
 
-def main(args: argparse.Namespace) -> None:
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     transformers_logging.disable_progress_bar()  # no "Loading weights" bar in the server's log
     try:
         teller = StoryTeller.load(args.model, revision=args.revision, int8=args.int8)
@@ -195,4 +196,4 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    main(ARGS)
+    main()

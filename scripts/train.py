@@ -10,6 +10,11 @@ from pathlib import Path
 
 from command_line import ArgumentParser, exit_on_error
 
+# slm_hf.training_config's PRECISIONS and TRACKERS, spelled out so that parsing imports nothing heavy (a test checks
+# that they agree).
+PRECISIONS = ("auto", "no", "fp16", "bf16")
+TRACKERS = ("none", "tensorboard", "wandb")
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -22,9 +27,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="continue a run: 'auto' from the newest complete checkpoint in --out (or start afresh), "
         "or from the checkpoint folder PATH",
     )
-    parser.add_argument("--mixed-precision", metavar="auto|no|fp16|bf16",
-                        help="overrides the config's mixed_precision (docs/training.md)")
-    parser.add_argument("--report-to", metavar="none|tensorboard|wandb", help="overrides the config's report_to")
+    parser.add_argument("--mixed-precision", choices=PRECISIONS, help="overrides the config's mixed_precision")
+    parser.add_argument("--report-to", choices=TRACKERS, help="overrides the config's report_to")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier run's outputs in --out")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     return parser.parse_intermixed_args(argv)  # key=value overrides may come before, between or after the flags

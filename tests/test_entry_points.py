@@ -76,3 +76,14 @@ def test_app_names_a_missing_local_folder_without_the_hub(name, tmp_path):
     lines = result.stderr.splitlines()
     assert result.returncode == 2 and lines[0] == f"error: model folder {name} does not exist", result.stderr
     assert lines[-1] == "imported: nothing"
+
+
+def test_train_py_offers_the_configs_precisions_and_trackers():
+    import importlib.util
+
+    from slm_hf import training_config
+
+    spec = importlib.util.spec_from_file_location("train_script_choices", ROOT / "scripts" / "train.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.PRECISIONS == training_config.PRECISIONS and script.TRACKERS == training_config.TRACKERS
