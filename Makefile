@@ -26,6 +26,7 @@ demo: setup
 
 test: setup
 	bash scripts/install_browser.sh
+	bash scripts/install_web.sh
 	$(BIN)/python -m pytest -q
 
 clean:
