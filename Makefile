@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_SPEC)
-	$(BIN)/python -m pip install -q -e ".[dev,demo]"
+	$(BIN)/python -m pip install -q -e ".[dev,demo,export]"
 	touch $@
 
 # Prepare the shipped TinyStories sample, train the cpu-demo preset, print a story from the final model.
@@ -26,6 +26,7 @@ demo: setup
 
 test: setup
 	bash scripts/install_browser.sh
+	bash scripts/install_web.sh
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -18,7 +18,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import replace
+import re
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -29,13 +30,15 @@ from .atomic_files import atomic_path
 from .configuration_slm import SLMConfig
 from .errors import SLMError
 from .evaluation import QUALITY_PROMPTS, QUALITY_SETTINGS
+from .generation import GenerationSettings
 
 LICENSE = "apache-2.0"
 LICENSE_NAME = "Apache 2.0"
 DATASET_ID = "roneneldan/TinyStories"
-TAGS = ["text-generation", "tinystories", "slm_hf", "custom_code"]
-# Metadata a card must carry to be found and shown right on the Hub: `check_model_card` looks for these.
-REQUIRED_METADATA = ("license", "language", "datasets", "pipeline_tag", "library_name", "tags", "model-index")
+TAGS = ["text-generation", "slm_hf"]
+# Metadata a card must carry to be found and shown right on the Hub: `check_model_card` looks for these. (`datasets`
+# too when the model was trained on a Hub dataset; it names Hub ids only, and local data has none.)
+REQUIRED_METADATA = ("license", "language", "pipeline_tag", "library_name", "tags", "model-index")
 # model-index metric ids (metric_type) and the training_results.json keys they come from.
 METRICS = (
     ("loss", "Validation loss (nats per token)", "val/loss"),
@@ -97,35 +100,112 @@ def render_model_card(
     model_name = model_name or default_model_name(model_dir, repo_id)
     repo_id = repo_id or PLACEHOLDER_REPO_ID.format(name=model_name)
 
-    samples, parameters = _samples_and_parameters(model_dir, num_samples)
+    llama = config.get("model_type") == "llama"
+    dataset = training_dataset(results)
+    sample_settings = folder_sample_settings(model_dir, config)
+    samples, parameters = _samples_and_parameters(model_dir, num_samples, sample_settings)
     if results and results.get("parameters"):
         parameters = int(results["parameters"])
-    sample_settings = replace(QUALITY_SETTINGS, max_new_tokens=min(QUALITY_SETTINGS.max_new_tokens,
-                                                                    config.get("max_position_embeddings") or 10**9))
+    tags = list(TAGS) + (["tinystories"] if dataset.tinystories else []) + (["llama"] if llama else ["custom_code"])
     card_data = ModelCardData(
         language="en",
         license=LICENSE,
         library_name="transformers",
         pipeline_tag="text-generation",
-        datasets=[DATASET_ID],
-        tags=list(TAGS),
+        datasets=[dataset.hub_id] if dataset.hub_id else None,
+        tags=tags,
         model_name=model_name,
-        eval_results=_eval_results(results) or None,
+        eval_results=_eval_results(results, dataset) or None,
     )
     return ModelCard.from_template(
         card_data,
         template_path=str(template_path()),
         model_name=model_name,
         repo_id=repo_id,
+        llama=llama,
+        dataset=dataset,
         parameters=_human_count(parameters),
-        results=_results_section(results),
-        architecture=_architecture_section(config, parameters),
-        training=_training_section(results),
+        results=_results_section(results, dataset),
+        architecture=_architecture_section(_as_slm_config(config), parameters),
+        training=_training_section(results, dataset),
         loss_curve="loss_curve.png" if (model_dir / "loss_curve.png").is_file() else None,
         samples=samples,
-        sample_settings=sample_settings.to_dict(),
+        sample_settings={**sample_settings.to_dict(), "description": _describe_settings(sample_settings)},
         license_name=LICENSE_NAME,
     )
+
+
+@dataclass(frozen=True)
+class TrainingDataset:
+    """What a model was trained on, as its card names it."""
+
+    name: str  # for the text: "TinyStories (sample)", "someone/stories", "my_stories (local files)"
+    link: str  # Markdown for the text
+    hub_id: str | None  # the Hub dataset id for the metadata; None for local files
+    tinystories: bool  # TinyStories itself (or the shipped sample of it): its license and limitations apply
+
+    @property
+    def index_type(self) -> str:
+        """The model-index `dataset.type`: the Hub id, else the local data's name."""
+        return self.hub_id or self.name.removesuffix(LOCAL_SUFFIX)
+
+
+LOCAL_SUFFIX = " (local files)"
+
+
+def training_dataset(results: dict | None) -> TrainingDataset:
+    """The training data named in `training_results.json` (`data.source`, copied by training from the data folder's
+    meta.json): the shipped sample or `roneneldan/TinyStories` are TinyStories; another Hub id is that dataset; a
+    local file or folder (a path that exists, or that cannot be a Hub id) is named by its file or folder name."""
+    source = ((results or {}).get("data") or {}).get("source")
+    if source in (None, "sample") or str(source).lower() == DATASET_ID.lower():
+        name = f"TinyStories ({source})" if source else "TinyStories"
+        return TrainingDataset(name, f"[{name}](https://huggingface.co/datasets/{DATASET_ID})", DATASET_ID, True)
+    source = str(source)
+    path = Path(source).expanduser()
+    if not path.exists() and _HUB_ID.fullmatch(source):
+        return TrainingDataset(source, f"[{source}](https://huggingface.co/datasets/{source})", source, False)
+    local = (path.name or source) + LOCAL_SUFFIX
+    return TrainingDataset(local, f"its own stories, `{path.name or source}` (local files)", None, False)
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def folder_sample_settings(model_dir: Path, config: dict) -> GenerationSettings:
+    """The sampling settings of the folder's `generation_config.json` (what `generate()` uses by default), with the
+    seed of `QUALITY_SETTINGS`; its settings where the folder has none. `max_new_tokens` fits the context."""
+    saved = _read_json(model_dir / "generation_config.json", required=False) or {}
+    settings = QUALITY_SETTINGS
+    if saved:
+        sampling = saved.get("do_sample", False)
+        settings = replace(
+            settings,
+            max_new_tokens=saved.get("max_new_tokens") or settings.max_new_tokens,
+            temperature=saved.get("temperature", 1.0) if sampling else 0.0,
+            top_k=saved.get("top_k", 50) if sampling else settings.top_k,
+            top_p=saved.get("top_p", 1.0) if sampling else settings.top_p,
+            repetition_penalty=saved.get("repetition_penalty", 1.0),
+        )
+    context = config.get("max_position_embeddings") or 10**9
+    return replace(settings, max_new_tokens=min(settings.max_new_tokens, context - 1))
+
+
+def _describe_settings(settings: GenerationSettings) -> str:
+    if settings.temperature == 0:
+        return f"greedy, at most {settings.max_new_tokens} new tokens"
+    text = f"temperature {settings.temperature:g}, top-k {settings.top_k}, top-p {settings.top_p:g}"
+    if settings.repetition_penalty != 1:
+        text += f", repetition penalty {settings.repetition_penalty:g}"
+    return text + f", at most {settings.max_new_tokens} new tokens"
+
+
+def _as_slm_config(config: dict) -> dict:
+    """An exported Llama config described with the SLM config's fields, for the architecture table."""
+    if config.get("model_type") != "llama":
+        return config
+    return {**config, "position_embedding_type": "rope", "norm_type": "rmsnorm", "mlp_type": "swiglu",
+            "bias": False, "dropout": 0.0, "attention_dropout": 0.0}
 
 
 def default_model_name(model_dir: Path, repo_id: str | None = None) -> str:
@@ -149,13 +229,13 @@ def _read_json(path: Path, required: bool) -> dict[str, Any] | None:
         raise SLMError(f"{path} is not valid JSON: {error}") from None
 
 
-def _samples_and_parameters(model_dir: Path, num_samples: int) -> tuple[list[dict], int]:
+def _samples_and_parameters(model_dir: Path, num_samples: int,
+                            settings: GenerationSettings) -> tuple[list[dict], int]:
     """Stories sampled from the folder's model (prompt, continuation, ended), and its parameter count."""
     from .generation import generate_ids, load_pretrained
 
     model, tokenizer = load_pretrained(model_dir, device="cpu")
     parameters = sum(parameter.numel() for parameter in model.parameters())
-    settings = QUALITY_SETTINGS
     samples = []
     for prompt in QUALITY_PROMPTS[:num_samples]:
         (ids,) = generate_ids(model, tokenizer, prompt, settings)
@@ -170,16 +250,15 @@ def _quote(text: str) -> str:
     return "\n> ".join(line.rstrip() for line in text.rstrip().replace("<", "&lt;").split("\n"))
 
 
-def _eval_results(results: dict | None) -> list[EvalResult]:
+def _eval_results(results: dict | None, dataset: TrainingDataset) -> list[EvalResult]:
     if not results:
         return []
-    dataset_name = _dataset_name(results)
     return [
         EvalResult(
             task_type="text-generation",
             task_name="Text generation",
-            dataset_type=DATASET_ID,
-            dataset_name=dataset_name,
+            dataset_type=dataset.index_type,
+            dataset_name=dataset.name,
             dataset_split="validation",
             metric_type=metric_type,
             metric_name=metric_name,
@@ -190,17 +269,12 @@ def _eval_results(results: dict | None) -> list[EvalResult]:
     ]
 
 
-def _dataset_name(results: dict) -> str:
-    source = (results.get("data") or {}).get("source")
-    return f"TinyStories ({source})" if source else "TinyStories"
-
-
-def _results_section(results: dict | None) -> dict | None:
+def _results_section(results: dict | None, training_data: TrainingDataset) -> dict | None:
     if not results or "val/loss" not in results:
         return None
     data = results.get("data") or {}
     val_tokens = data.get("val_tokens")
-    dataset = f"the validation split of {_dataset_name(results)}"
+    dataset = f"the validation split of {training_data.name}"
     if val_tokens:
         dataset += f", {val_tokens:,} tokens"
     return {
@@ -246,7 +320,7 @@ def _dropout(config: dict):
     return f"{residual} (embeddings, residual branches), {attention} (attention probabilities)"
 
 
-def _training_section(results: dict | None) -> dict | None:
+def _training_section(results: dict | None, dataset: TrainingDataset) -> dict | None:
     if not results:
         return None
     train = results.get("config") or {}
@@ -270,7 +344,7 @@ def _training_section(results: dict | None) -> dict | None:
         ("Hardware", None if results.get("device") is None else f"{results['device']} x {processes}"),
         ("Training time", _duration(results.get("wall_time_s"))),
         ("Training data", None if not data else
-            f"{_dataset_name(results)}: {_integer(data.get('train_tokens'))} tokens"
+            f"{dataset.name}: {_integer(data.get('train_tokens'))} tokens"
             + (f", {_integer(data.get('train_stories'))} stories" if data.get("train_stories") else "")),
         ("Validation data", None if not data.get("val_tokens") else
             f"{_integer(data.get('val_tokens'))} tokens, {data.get('val_bytes_per_token', 0):.3f} bytes per token"),
@@ -337,9 +411,11 @@ def _duration(seconds: Any) -> str | None:
 def check_model_card(path: str | os.PathLike) -> list[str]:
     """Problems with a saved card's metadata (offline; the Hub's own validation needs the network).
 
-    Checks that the YAML parses, that `REQUIRED_METADATA` is there, that the tags include `custom_code` (the
-    model's code ships with it) and that the model-index reports numeric loss, perplexity and bits per byte.
-    Returns a list of human-readable problems, empty when the card is complete.
+    Checks that the YAML parses, that `REQUIRED_METADATA` is there, that the tags include `custom_code` when the
+    model's code ships with it (an SLM folder; a Llama export has none), that the model-index reports numeric loss,
+    perplexity and bits per byte, and that it reports them on a dataset the card names: one of its `datasets` (Hub
+    ids), or local data when it has none. Returns a list of human-readable problems, empty when the card is
+    complete.
     """
     path = Path(path)
     if not path.is_file():
@@ -350,10 +426,15 @@ def check_model_card(path: str | os.PathLike) -> list[str]:
         return [f"{path.name}: the metadata cannot be read: {error}"]
     metadata = card.data.to_dict()
     problems = [f"metadata has no '{key}'" for key in REQUIRED_METADATA if not metadata.get(key)]
-    if "custom_code" not in (metadata.get("tags") or []):
+    config = _read_json(path.parent / "config.json", required=False) or {}
+    if config.get("model_type") != "llama" and "custom_code" not in (metadata.get("tags") or []):
         problems.append("tags lack 'custom_code' (the model loads with trust_remote_code=True)")
-    if DATASET_ID not in (metadata.get("datasets") or []):
-        problems.append(f"datasets lack '{DATASET_ID}'")
+    datasets = metadata.get("datasets") or []
+    for dataset_type in sorted({result.dataset_type for result in card.data.eval_results or []}):
+        if datasets and dataset_type not in datasets:
+            problems.append(f"the model-index reports on '{dataset_type}', which datasets {datasets} lacks")
+        elif not datasets and _HUB_ID.fullmatch(dataset_type or ""):
+            problems.append(f"the model-index reports on the Hub dataset '{dataset_type}': list it in datasets")
     reported = {result.metric_type: result.metric_value for result in card.data.eval_results or []}
     for metric_type, _, _ in METRICS:
         value = reported.get(metric_type)

@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ["scripts/train.py", "scripts/prepare_data.py", "scripts/evaluate.py", "scripts/generate.py",
-           "scripts/push_to_hub.py", "app.py"]
+           "scripts/push_to_hub.py", "scripts/export.py", "app.py"]
 # Runs a script as `python SCRIPT ARGS...` would, then reports whether torch or transformers got imported.
 PROBE = """
 import os, runpy, sys
@@ -48,6 +48,7 @@ def test_help_comes_before_the_heavy_imports(script):
     ("scripts/evaluate.py", ["--model", "m", "--data", "d", "--batch-size", "0"]),
     ("scripts/generate.py", ["--model", "m", "--prompt", "p", "--max-new-tokens", "1.5"]),
     ("scripts/push_to_hub.py", ["--model", "m"]),
+    ("scripts/export.py", ["--model", "m", "--to", "tflite", "--out", "o"]),
     ("app.py", ["--port", "http"]),
 ])
 def test_a_bad_argument_is_refused_before_the_heavy_imports(script, args):
@@ -78,12 +79,20 @@ def test_app_names_a_missing_local_folder_without_the_hub(name, tmp_path):
     assert lines[-1] == "imported: nothing"
 
 
-def test_train_py_offers_the_configs_precisions_and_trackers():
+def load_script(name: str):
     import importlib.util
 
-    from slm_hf import training_config
-
-    spec = importlib.util.spec_from_file_location("train_script_choices", ROOT / "scripts" / "train.py")
+    spec = importlib.util.spec_from_file_location(f"choices_{name}", ROOT / "scripts" / f"{name}.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    assert script.PRECISIONS == training_config.PRECISIONS and script.TRACKERS == training_config.TRACKERS
+    return script
+
+
+def test_the_scripts_offer_the_librarys_choices():
+    """The choices the scripts spell out (so that parsing imports nothing heavy) are the library's."""
+    from slm_hf import exporting, hub, training_config
+
+    train = load_script("train")
+    assert train.PRECISIONS == training_config.PRECISIONS and train.TRACKERS == training_config.TRACKERS
+    assert load_script("push_to_hub").FORMATS == hub.FORMATS
+    assert load_script("export").TARGETS == exporting.TARGETS

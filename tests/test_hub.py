@@ -3,9 +3,11 @@
 The network is the one thing mocked: `HfApi.create_repo`, `create_branch` and `upload_folder` in-process. The
 offline and no-token paths run for real, as subprocesses."""
 
+import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -60,14 +62,59 @@ def test_upload_list_is_the_model_folder_without_training_state(run, folder):
     assert files_to_upload(folder) == _expected(run)
 
 
-def test_dry_run_checks_offline_and_lists_the_files(run, folder, tmp_path):
+def _snapshot(folder):
+    """Every file under `folder`: its modification time (ns) and bytes."""
+    return {path.relative_to(folder).as_posix(): (path.stat().st_mtime_ns, path.read_bytes())
+            for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def test_dry_run_checks_offline_lists_the_files_and_changes_nothing(run, folder, tmp_path):
+    before = _snapshot(folder)
     done = _push_script("--model", folder, "--repo-id", "someone/slm-test", "--dry-run", HF_HOME=str(tmp_path))
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].startswith("dry run: would upload") and "someone/slm-test" in lines[0]
     assert [line.strip() for line in lines[1:]] == _expected(run)
-    assert "loads and generates with transformers alone" in done.stderr
-    assert 'model_id = "someone/slm-test"' in (folder / "README.md").read_text()  # the card names the repo
+    assert "loads and generates with transformers alone (trust_remote_code=True)" in done.stderr
+    after = _snapshot(folder)
+    assert after.keys() == before.keys()
+    assert [name for name in before if before[name] != after[name]] == []  # not a byte, not an mtime
+
+
+def test_dry_run_of_the_llama_format_checks_it_without_remote_code(run, folder, tmp_path):
+    before = _snapshot(folder)
+    done = _push_script("--model", folder, "--repo-id", "someone/slm-llama", "--format", "llama", "--dry-run",
+                        HF_HOME=str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    listed = [line.strip() for line in done.stdout.splitlines()[1:]]
+    assert {"README.md", "config.json", "model.safetensors", "tokenizer.json"} <= set(listed)
+    assert not any(name.endswith(".py") for name in listed)
+    assert "loads and generates with transformers alone (no remote code): LlamaForCausalLM" in done.stderr
+    assert _snapshot(folder) == before
+
+
+def test_push_of_the_llama_format_uploads_a_llama_folder_and_its_card(folder, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    uploaded = {}
+
+    def upload_folder(self, **kwargs):  # the scratch folder is gone after the push: read it during the call
+        path = Path(kwargs["folder_path"])
+        uploaded.update(config=json.loads((path / "config.json").read_text()),
+                        card=(path / "README.md").read_text(), files=sorted(p.name for p in path.iterdir()))
+        return mock.Mock(commit_url="https://huggingface.co/someone/slm-llama/commit/abc")
+
+    with mock.patch.object(HfApi, "create_repo") as create_repo, \
+            mock.patch.object(HfApi, "upload_folder", upload_folder):  # fmt: skip
+        create_repo.return_value = mock.Mock(repo_id="someone/slm-llama")
+        result = push_to_hub(folder, "someone/slm-llama", format="llama", token="hf_x")
+    assert uploaded["config"]["architectures"] == ["LlamaForCausalLM"]
+    assert not any(name.endswith(".py") for name in uploaded["files"])
+    card = uploaded["card"]
+    assert 'model_id = "someone/slm-llama"' in card and "trust_remote_code=True" not in card
+    assert "Llama export" in card and "custom_code" not in card.split("---")[1]
+    assert result.url.endswith("/commit/abc")
 
 
 def test_no_token_or_no_network_is_one_line_and_a_failure(folder, tmp_path):
@@ -115,3 +162,14 @@ def test_a_training_run_or_an_incomplete_folder_is_refused(run, folder):
         push_to_hub(folder, "someone/slm-test", dry_run=True, update_card=False)
     with pytest.raises(SLMError, match="user/model-name"):
         push_to_hub(folder, "no-slash", dry_run=True)
+
+
+def test_push_script_answers_help_without_importing_torch():
+    probe = ("import runpy, sys\n"
+             "sys.argv = ['push_to_hub.py', '--help']\n"
+             "try:\n    runpy.run_path('scripts/push_to_hub.py', run_name='__main__')\n"
+             "except SystemExit as stop:\n    assert stop.code == 0\n"
+             "print(sorted(name for name in ('torch', 'transformers', 'slm_hf') if name in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "--format {slm,llama}" in done.stdout and done.stdout.strip().splitlines()[-1] == "[]"

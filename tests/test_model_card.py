@@ -120,3 +120,104 @@ def test_card_names_both_dropouts_when_they_differ(tmp_path, final):
     (folder / "config.json").write_text(json.dumps(config))
     card = str(render_model_card(folder, num_samples=1))
     assert "| Dropout | 0.1 (embeddings, residual branches), 0.0 (attention probabilities) |" in card
+
+
+# ------------------------------------------------------------------------------------- sampling settings, examples
+def test_card_samples_with_the_folders_generation_settings(tmp_path, final, card_text):
+    saved = json.loads((final / "generation_config.json").read_text())
+    described = f"temperature {saved['temperature']:g}, top-k {saved['top_k']}, top-p {saved['top_p']:g}"
+    assert described in card_text.replace("\n", " ")
+    folder = tmp_path / "settings"
+    shutil.copytree(final, folder)
+    (folder / "generation_config.json").write_text(json.dumps({**saved, "temperature": 0.5, "top_k": 7, "top_p": 0.9}))
+    card = str(render_model_card(folder, num_samples=1)).replace("\n", " ")
+    assert "temperature 0.5, top-k 7, top-p 0.9" in card
+    assert card.count("> **") == 1 and card != card_text.replace("\n", " ")
+
+
+def _python_blocks(card: str) -> list[str]:
+    return [block.split("```", 1)[0] for block in card.split("```python\n")[1:]]
+
+
+def test_the_cards_examples_run_and_start_the_prompt_like_training(final, card_text, tmp_path):
+    """Both examples of the card (generate and pipeline), run against the folder as a Hub user would run them."""
+    import subprocess
+    import sys
+
+    from share_fixtures import offline_env
+
+    blocks = _python_blocks(card_text)
+    assert len(blocks) == 2 and 'prefix="<|endoftext|>"' in blocks[1]
+    repo_id = _metadata(card_text)["model-index"][0]["name"]
+    for block in blocks:
+        assert "your-username/" in block
+        code = "import torch; torch.manual_seed(0)\n" + block.replace(f"your-username/{repo_id}", str(final))
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                              cwd=tmp_path, env={**offline_env(), "PYTHONPATH": "", "TRANSFORMERS_VERBOSITY": "error"})
+        assert done.returncode == 0, done.stderr[-2000:]
+        story = done.stdout.strip()
+        assert story.startswith("Once upon a time") and len(story) > len("Once upon a time") + 10
+        assert "<|endoftext|>" not in story
+
+
+# ----------------------------------------------------------------------------------------------- your own data
+@pytest.fixture(scope="module")
+def own_data_final(tmp_path_factory):
+    """A tiny model trained, as a user would, on a folder of the user's own .txt stories."""
+    from slm_hf.data import SAMPLE_DIR, SAMPLE_FILES, prepare_data, read_stories
+    from slm_hf.training import train
+    from slm_hf.training_config import TrainingConfig
+
+    root = tmp_path_factory.mktemp("own-data")
+    stories = root / "grandmas_stories"
+    stories.mkdir()
+    texts = read_stories(SAMPLE_DIR / SAMPLE_FILES["train"], limit=300)
+    (stories / "stories.txt").write_text("".join(f"{text}\n<|endoftext|>\n" for text in texts), encoding="utf-8")
+    prepare_data(str(stories), out_dir=root / "data", vocab_size=512, show_progress=False)
+    config = TrainingConfig.load(REPO / "configs" / "tiny.yaml", ["max_steps=6", "eval_interval=6", "eval_iters=2"])
+    return train(config, root / "data", root / "run").out_dir / "final"
+
+
+def test_a_model_of_your_own_data_names_that_data(own_data_final):
+    path = own_data_final / "README.md"
+    text = path.read_text(encoding="utf-8")
+    assert check_model_card(path) == []
+    metadata = _metadata(text)
+    assert "datasets" not in metadata  # Hub dataset ids only, and local files have none
+    assert "tinystories" not in metadata["tags"]
+    (result,) = {(r["dataset"]["type"], r["dataset"]["name"]) for r in metadata["model-index"][0]["results"]}
+    assert result == ("grandmas_stories", "grandmas_stories (local files)")
+    assert "TinyStories" not in text and "CDLA" not in text and "`grandmas_stories` (local files)" in text
+
+
+def test_a_model_of_your_own_data_pushes(own_data_final, monkeypatch):
+    import huggingface_hub.constants
+    from unittest import mock
+
+    from huggingface_hub import HfApi
+
+    from slm_hf.hub import push_to_hub
+
+    assert push_to_hub(own_data_final, "someone/grandma-slm", dry_run=True, update_card=False).dry_run
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    with mock.patch.object(HfApi, "create_repo") as create_repo, mock.patch.object(HfApi, "upload_folder") as upload:
+        create_repo.return_value = mock.Mock(repo_id="someone/grandma-slm")
+        push_to_hub(own_data_final, "someone/grandma-slm", token="hf_x", update_card=False)
+    assert upload.call_args.kwargs["folder_path"] == str(own_data_final)
+
+
+def test_a_hub_dataset_other_than_tinystories_is_named_and_accepted(tmp_path, final):
+    folder = tmp_path / "hub-data"
+    shutil.copytree(final, folder)
+    results = json.loads((folder / "training_results.json").read_text())
+    results["data"]["source"] = "someone/fairy-tales"
+    (folder / "training_results.json").write_text(json.dumps(results))
+    path = write_model_card(folder, num_samples=0)
+    metadata = _metadata(path.read_text())
+    assert metadata["datasets"] == ["someone/fairy-tales"]
+    assert {r["dataset"]["type"] for r in metadata["model-index"][0]["results"]} == {"someone/fairy-tales"}
+    assert check_model_card(path) == []
+    # ...and a card whose model-index reports on a dataset its metadata does not list is refused
+    text = path.read_text().replace("- someone/fairy-tales", "- someone/other-data", 1)
+    path.write_text(text)
+    assert any("someone/fairy-tales" in problem for problem in check_model_card(path))

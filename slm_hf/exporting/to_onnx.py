@@ -1,0 +1,193 @@
+"""The SLM model as ONNX with a key/value cache, for onnxruntime and transformers.js.
+
+    export_onnx("runs/cpu-demo/final", "exports/onnx")   # the Llama folder + onnx/model.onnx
+
+The folder is the Llama export (`to_llama`) with `onnx/model.onnx` added, the layout transformers.js loads
+(`AutoModelForCausalLM.from_pretrained(folder, {dtype: "fp32"})`). The graph has the inputs and outputs of
+Hugging Face's decoder-only ONNX exports:
+
+    inputs   input_ids (batch, sequence) int64, attention_mask (batch, past + sequence) int64,
+             position_ids (batch, sequence) int64, past_key_values.{i}.key / .value (batch, kv_heads, past, head_dim)
+    outputs  logits (batch, sequence, vocab), present.{i}.key / .value (batch, kv_heads, past + sequence, head_dim)
+
+The first call passes empty caches (past = 0); each later call passes the previous call's presents and the new
+tokens only. The graph is traced from `LlamaGraph`, a plain-tensor Llama forward written for export (no cache
+objects, no mask helpers), over the same weights as the Llama folder.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+from ..errors import SLMError
+from .to_llama import check_llama_compatible, export_llama, read_slm_config
+
+ONNX_OPSET = 17
+ONNX_FILE = "onnx/model.onnx"
+
+
+def _llama_graph_class():
+    """`LlamaGraph`, defined on first use so that importing this module does not import torch."""
+    import torch
+    from torch import nn
+
+    class LlamaGraph(nn.Module):
+        """A Llama forward pass over explicit key/value tensors, in operations ONNX expresses directly."""
+
+        def __init__(self, weights: dict[str, torch.Tensor], config: dict[str, Any]):
+            super().__init__()
+            self.layers = config["num_hidden_layers"]
+            self.heads = config["num_attention_heads"]
+            self.kv_heads = config.get("num_key_value_heads") or self.heads
+            self.head_dim = config["hidden_size"] // self.heads
+            self.eps = config.get("norm_eps", 1e-5)
+            exponents = torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim
+            self.register_buffer("inverse_frequencies", 1.0 / config.get("rope_theta", 10000.0) ** exponents)
+            self.weights = nn.ParameterDict({name.replace(".", "__"): nn.Parameter(tensor, requires_grad=False)
+                                             for name, tensor in weights.items()})
+            self.tied = "lm_head.weight" not in weights
+
+        def weight(self, name: str) -> torch.Tensor:
+            return self.weights[name.replace(".", "__")]
+
+        def norm(self, x: torch.Tensor, name: str) -> torch.Tensor:
+            variance = x.pow(2).mean(-1, keepdim=True)
+            return x * torch.rsqrt(variance + self.eps) * self.weight(name)
+
+        @staticmethod
+        def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+            half = x.shape[-1] // 2
+            rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+            return x * cos + rotated * sin
+
+        def forward(self, input_ids, attention_mask, position_ids, *past):
+            batch, length = input_ids.shape
+            hidden = nn.functional.embedding(input_ids, self.weight("model.embed_tokens.weight"))
+            angles = position_ids[..., None].float() * self.inverse_frequencies  # (batch, length, head_dim / 2)
+            angles = torch.cat((angles, angles), dim=-1)[:, None]
+            cos, sin = angles.cos(), angles.sin()
+            past_length = past[0].shape[2]
+            total = past_length + length
+            key_positions = torch.arange(total, device=input_ids.device)
+            query_positions = torch.arange(length, device=input_ids.device) + past_length
+            allowed = (key_positions[None, :] <= query_positions[:, None])[None, None]
+            allowed = allowed & attention_mask[:, None, None, :].bool()
+            presents = []
+            for i in range(self.layers):
+                prefix = f"model.layers.{i}."
+                x = self.norm(hidden, prefix + "input_layernorm.weight")
+                q = nn.functional.linear(x, self.weight(prefix + "self_attn.q_proj.weight"))
+                k = nn.functional.linear(x, self.weight(prefix + "self_attn.k_proj.weight"))
+                v = nn.functional.linear(x, self.weight(prefix + "self_attn.v_proj.weight"))
+                q = q.view(batch, length, self.heads, self.head_dim).transpose(1, 2)
+                k = k.view(batch, length, self.kv_heads, self.head_dim).transpose(1, 2)
+                v = v.view(batch, length, self.kv_heads, self.head_dim).transpose(1, 2)
+                q, k = self.rotate(q, cos, sin), self.rotate(k, cos, sin)
+                k = torch.cat((past[2 * i], k), dim=2)
+                v = torch.cat((past[2 * i + 1], v), dim=2)
+                presents += [k, v]
+                groups = self.heads // self.kv_heads
+                if groups > 1:
+                    k = k[:, :, None].expand(batch, self.kv_heads, groups, total, self.head_dim)
+                    k = k.reshape(batch, self.heads, total, self.head_dim)
+                    v = v[:, :, None].expand(batch, self.kv_heads, groups, total, self.head_dim)
+                    v = v.reshape(batch, self.heads, total, self.head_dim)
+                scores = torch.matmul(q, k.transpose(2, 3)) * self.head_dim**-0.5
+                scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+                attention = torch.matmul(scores.softmax(dim=-1), v)
+                attention = attention.transpose(1, 2).reshape(batch, length, self.heads * self.head_dim)
+                hidden = hidden + nn.functional.linear(attention, self.weight(prefix + "self_attn.o_proj.weight"))
+                x = self.norm(hidden, prefix + "post_attention_layernorm.weight")
+                gate = nn.functional.linear(x, self.weight(prefix + "mlp.gate_proj.weight"))
+                up = nn.functional.linear(x, self.weight(prefix + "mlp.up_proj.weight"))
+                hidden = hidden + nn.functional.linear(nn.functional.silu(gate) * up,
+                                                       self.weight(prefix + "mlp.down_proj.weight"))
+            hidden = self.norm(hidden, "model.norm.weight")
+            head = self.weight("model.embed_tokens.weight" if self.tied else "lm_head.weight")
+            return (nn.functional.linear(hidden, head), *presents)
+
+    return LlamaGraph
+
+
+def onnx_names(layers: int) -> tuple[list[str], list[str]]:
+    """The graph's input and output names."""
+    past = [f"past_key_values.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
+    present = [f"present.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
+    return ["input_ids", "attention_mask", "position_ids", *past], ["logits", *present]
+
+
+def export_onnx(model_dir: str | os.PathLike, out_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write the Llama folder of `model_dir` into `out_dir` with `onnx/model.onnx` (KV cache) added.
+
+    Raises:
+        SLMError: not an SLM folder, not Llama-compatible, `out_dir` not empty (without `overwrite`), or the
+            `onnx` package missing.
+    """
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    config = read_slm_config(model_dir)
+    check_llama_compatible(config, target="onnx")
+    try:
+        import onnx  # noqa: F401  (torch.onnx needs it)
+    except ImportError:
+        raise SLMError("the onnx export needs the onnx package: pip install 'slm-hf[export]' (or pip install onnx)") \
+            from None
+    import torch
+    from safetensors.torch import load_file
+
+    export_llama(model_dir, out_dir, overwrite=overwrite)
+    weights = load_file(str(out_dir / "model.safetensors"))
+    graph = _llama_graph_class()(weights, config).eval()
+    layers = config["num_hidden_layers"]
+    kv_heads = config.get("num_key_value_heads") or config["num_attention_heads"]
+    head_dim = config["hidden_size"] // config["num_attention_heads"]
+    input_names, output_names = onnx_names(layers)
+    # Example inputs: 2 sequences of 3 new tokens after 4 cached ones (sizes the tracer must not specialise on).
+    example = (
+        torch.zeros(2, 3, dtype=torch.long),
+        torch.ones(2, 7, dtype=torch.long),
+        torch.arange(4, 7).expand(2, 3),
+        *[torch.zeros(2, kv_heads, 4, head_dim) for _ in range(2 * layers)],
+    )
+    dynamic_axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "total"},
+                    "position_ids": {0: "batch", 1: "sequence"}, "logits": {0: "batch", 1: "sequence"}}
+    dynamic_axes.update({name: {0: "batch", 2: "past"} for name in input_names[3:]})
+    dynamic_axes.update({name: {0: "batch", 2: "total"} for name in output_names[1:]})
+    path = out_dir / ONNX_FILE
+    path.parent.mkdir(exist_ok=True)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
+        torch.onnx.export(graph, example, str(path), input_names=input_names, output_names=output_names,
+                          dynamic_axes=dynamic_axes, opset_version=ONNX_OPSET, dynamo=False)
+    return out_dir
+
+
+def onnx_greedy(model_path: str | os.PathLike, config: dict[str, Any], prompt_ids: list[int], new_tokens: int,
+                session=None) -> list[int]:
+    """Greedy-decode `new_tokens` after `prompt_ids` with onnxruntime and the exported graph's key/value cache
+    (the whole prompt in the first call, then one token a call); `config` is the folder's config.json."""
+    import numpy as np
+    import onnxruntime
+
+    if session is None:
+        session = onnxruntime.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    layers, kv_heads = config["num_hidden_layers"], config["num_key_value_heads"]
+    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    past_names = onnx_names(layers)[0][3:]
+    past = {name: np.zeros((1, kv_heads, 0, head_dim), np.float32) for name in past_names}
+    length, new = len(prompt_ids), np.array([prompt_ids], dtype=np.int64)
+    generated = []
+    for _ in range(new_tokens):
+        logits, *presents = session.run(None, {
+            "input_ids": new,
+            "attention_mask": np.ones((1, length), dtype=np.int64),
+            "position_ids": np.arange(length - new.shape[1], length, dtype=np.int64)[None],
+            **past,
+        })
+        past = dict(zip(past_names, presents))
+        token = int(logits[0, -1].argmax())
+        generated.append(token)
+        new, length = np.array([[token]], dtype=np.int64), length + 1
+    return generated
