@@ -94,7 +94,7 @@ def kill_plan(kills: int, max_steps: int, seed: int) -> list[Target]:
 def train_command(data: Path, out: Path, extra: list[str], processes: int = 1) -> list[str]:
     launcher = [sys.executable]
     if processes > 1:
-        launcher += ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", "0"]
+        launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]  # a free port
     return [*launcher, str(TRAIN), "--config", str(TINY), "--data", str(data), "--out", str(out), *extra]
 
 
@@ -356,6 +356,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=Path("/tmp/slm-soak"))
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / f"soak_resume_{time.strftime('%Y-%m-%d')}.json")
+    parser.add_argument("--skip-single", action="store_true", help="keep the 1-process figures already in --json")
     parser.add_argument("--skip-ddp", action="store_true")
     parser.add_argument("--skip-compiled", action="store_true")
     parser.add_argument("--skip-accumulation", action="store_true")
@@ -368,7 +369,8 @@ def main(argv=None):
     shutil.rmtree(args.work, ignore_errors=True)
     data = args.work / "data"
     prepare_data("sample", out_dir=data, vocab_size=512, max_stories=400, show_progress=False)
-    results = {"command": "python bench/soak_resume.py " + " ".join(argv or sys.argv[1:]), "seed": args.seed}
+    results = json.loads(args.json.read_text()) if args.skip_single and args.json.is_file() else {}
+    results.update(command="python bench/soak_resume.py " + " ".join(argv or sys.argv[1:]), seed=args.seed)
     started = time.perf_counter()
 
     def save():
@@ -376,8 +378,9 @@ def main(argv=None):
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 
-    results["single_process"] = soak(data, args.work / "single", args.kills, args.max_steps, args.seed)
-    save()
+    if not args.skip_single:
+        results["single_process"] = soak(data, args.work / "single", args.kills, args.max_steps, args.seed)
+        save()
     if not args.skip_ddp:
         results["two_processes"] = soak(data, args.work / "ddp", args.ddp_kills, args.max_steps, args.seed + 1, 2)
         save()
