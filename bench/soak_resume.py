@@ -20,6 +20,7 @@ Results: a JSON file in bench/results/ (--json) and the figures printed; BENCHMA
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -228,8 +229,7 @@ def kill_at(target: Target, data: Path, out: Path, extra: list[str], processes: 
     if process.poll() is not None:
         lines.thread.join(5)
         return {"target": f"{target.phase}@{target.step}", "killed": False, "status": process.returncode}
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_tree(process)
     lines.thread.join(5)
     phase = observed_phase(out, [])
     return {
@@ -240,6 +240,21 @@ def kill_at(target: Target, data: Path, out: Path, extra: list[str], processes: 
         "resumed_from": next((line.split()[2] for line in lines.lines if line.startswith("resumed from")), None),
         "leftovers": leftovers(out),
     }
+
+
+def kill_tree(process: subprocess.Popen) -> None:
+    """SIGKILL a process and every process under it at once (torchrun starts its workers in their own sessions)."""
+    import psutil
+
+    try:
+        tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        tree = []
+    for member in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.send_signal(signal.SIGKILL)
+    process.wait()
+    psutil.wait_procs(tree, timeout=30)
 
 
 def compare(out: Path, reference: Path, exact: bool = True) -> dict:
