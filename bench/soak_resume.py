@@ -353,8 +353,9 @@ def soak(
 
 
 def accumulation_comparison(data: Path, work: Path, max_steps: int) -> dict:
-    """2 processes x accumulation 2 against 1 process x accumulation 4: the same 4 micro-batches per update."""
-    run = [*SOAK_RUN, f"max_steps={max_steps}"]
+    """2 processes x accumulation 2 against 1 process x accumulation 4: the same 4 micro-batches per update. Dropout
+    0: each process draws its own dropout masks, so with dropout the two runs differ by design."""
+    run = [*SOAK_RUN, f"max_steps={max_steps}", "model.dropout=0.0"]
     one = [a for a in run if not a.startswith("gradient_accumulation_steps")] + ["gradient_accumulation_steps=4"]
     two = [a for a in run if not a.startswith("gradient_accumulation_steps")] + ["gradient_accumulation_steps=2"]
     run_to_end(data, work / "accumulation-1x4", one)
