@@ -20,6 +20,7 @@ Results: a JSON file in bench/results/ (--json) and the figures printed; BENCHMA
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -94,7 +95,7 @@ def kill_plan(kills: int, max_steps: int, seed: int) -> list[Target]:
 def train_command(data: Path, out: Path, extra: list[str], processes: int = 1) -> list[str]:
     launcher = [sys.executable]
     if processes > 1:
-        launcher += ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", "0"]
+        launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]  # a free port
     return [*launcher, str(TRAIN), "--config", str(TINY), "--data", str(data), "--out", str(out), *extra]
 
 
@@ -228,8 +229,7 @@ def kill_at(target: Target, data: Path, out: Path, extra: list[str], processes: 
     if process.poll() is not None:
         lines.thread.join(5)
         return {"target": f"{target.phase}@{target.step}", "killed": False, "status": process.returncode}
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_tree(process)
     lines.thread.join(5)
     phase = observed_phase(out, [])
     return {
@@ -240,6 +240,21 @@ def kill_at(target: Target, data: Path, out: Path, extra: list[str], processes: 
         "resumed_from": next((line.split()[2] for line in lines.lines if line.startswith("resumed from")), None),
         "leftovers": leftovers(out),
     }
+
+
+def kill_tree(process: subprocess.Popen) -> None:
+    """SIGKILL a process and every process under it at once (torchrun starts its workers in their own sessions)."""
+    import psutil
+
+    try:
+        tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        tree = []
+    for member in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.send_signal(signal.SIGKILL)
+    process.wait()
+    psutil.wait_procs(tree, timeout=30)
 
 
 def compare(out: Path, reference: Path, exact: bool = True) -> dict:
@@ -338,8 +353,9 @@ def soak(
 
 
 def accumulation_comparison(data: Path, work: Path, max_steps: int) -> dict:
-    """2 processes x accumulation 2 against 1 process x accumulation 4: the same 4 micro-batches per update."""
-    run = [*SOAK_RUN, f"max_steps={max_steps}"]
+    """2 processes x accumulation 2 against 1 process x accumulation 4: the same 4 micro-batches per update. Dropout
+    0: each process draws its own dropout masks, so with dropout the two runs differ by design."""
+    run = [*SOAK_RUN, f"max_steps={max_steps}", "model.dropout=0.0"]
     one = [a for a in run if not a.startswith("gradient_accumulation_steps")] + ["gradient_accumulation_steps=4"]
     two = [a for a in run if not a.startswith("gradient_accumulation_steps")] + ["gradient_accumulation_steps=2"]
     run_to_end(data, work / "accumulation-1x4", one)
@@ -356,6 +372,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=Path("/tmp/slm-soak"))
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / f"soak_resume_{time.strftime('%Y-%m-%d')}.json")
+    parser.add_argument("--skip-single", action="store_true", help="keep the 1-process figures already in --json")
     parser.add_argument("--skip-ddp", action="store_true")
     parser.add_argument("--skip-compiled", action="store_true")
     parser.add_argument("--skip-accumulation", action="store_true")
@@ -368,7 +385,8 @@ def main(argv=None):
     shutil.rmtree(args.work, ignore_errors=True)
     data = args.work / "data"
     prepare_data("sample", out_dir=data, vocab_size=512, max_stories=400, show_progress=False)
-    results = {"command": "python bench/soak_resume.py " + " ".join(argv or sys.argv[1:]), "seed": args.seed}
+    results = json.loads(args.json.read_text()) if args.skip_single and args.json.is_file() else {}
+    results.update(command="python bench/soak_resume.py " + " ".join(argv or sys.argv[1:]), seed=args.seed)
     started = time.perf_counter()
 
     def save():
@@ -376,8 +394,9 @@ def main(argv=None):
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 
-    results["single_process"] = soak(data, args.work / "single", args.kills, args.max_steps, args.seed)
-    save()
+    if not args.skip_single:
+        results["single_process"] = soak(data, args.work / "single", args.kills, args.max_steps, args.seed)
+        save()
     if not args.skip_ddp:
         results["two_processes"] = soak(data, args.work / "ddp", args.ddp_kills, args.max_steps, args.seed + 1, 2)
         save()
