@@ -413,6 +413,12 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
     try:
         files = json.loads((checkpoint / MANIFEST_FILE).read_text(encoding="utf-8"))["files"]
         expected = {name: (entry["size"], entry["sha256"]) for name, entry in files.items()}
+    except FileNotFoundError:
+        try:  # a checkpoint saved before manifests: training_state.json lists the sizes of its top-level files
+            sizes = json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))["files"]
+            expected = {name: (size, None) for name, size in sizes.items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return f"no readable {MANIFEST_FILE} (the save did not finish)"
     except (OSError, ValueError, KeyError, TypeError):
         return f"no readable {MANIFEST_FILE} (the save did not finish)"
     for name, (size, digest) in expected.items():
@@ -421,7 +427,7 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
             return f"{name} is missing"
         if path.stat().st_size != size:
             return f"{name} has {path.stat().st_size} bytes instead of {size}"
-        if _sha256(path) != digest:
+        if digest is not None and _sha256(path) != digest:
             return f"{name} does not match its sha256 in {MANIFEST_FILE}"
     return None
 
@@ -672,11 +678,12 @@ def train(
     _decide_on_main(distributed, lock.acquire)  # one run per output folder
     setup = RunSetup(
         config, data_dir, out_dir, meta, tokenizer, model_config, data_summary, launch, threads_note, use_cpu,
-        distributed, checkpoint, precision, started,
+        distributed, checkpoint, precision, started, TrainingProgress(enabled=distributed.is_main_process),
     )
     try:
         return _train(setup, overwrite, model_factory)
     finally:
+        setup.progress.close()  # before any error line: never printed after a half-drawn bar
         if distributed.is_main_process:
             lock.release()
 
@@ -699,6 +706,7 @@ class RunSetup:
     checkpoint: Path | None
     precision: str
     started: float
+    progress: TrainingProgress  # the run's messages, and its progress bar (or lines)
 
 
 def _train(
@@ -728,7 +736,7 @@ def _train(
     tokens_per_step = micro_batches * config.batch_size * config.block_size
     main = accelerator.is_main_process
 
-    progress = TrainingProgress(enabled=main)
+    progress = setup.progress
     log = progress.write
 
     if setup.threads_note:

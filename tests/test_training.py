@@ -358,6 +358,21 @@ def test_resume_auto_skips_a_damaged_newest_checkpoint_and_ends_equal(data_dir, 
     assert check_model_card(out / "final" / "README.md") == []
 
 
+def test_a_checkpoint_saved_before_manifests_is_checked_by_its_sizes(reference, tmp_path):
+    """Runs saved by earlier versions listed file sizes in training_state.json: they still resume."""
+    checkpoint = tmp_path / "step_0000200"
+    shutil.copytree(list_checkpoints(reference)[-1], checkpoint)
+    (checkpoint / MANIFEST_FILE).unlink()
+    state = json.loads((checkpoint / "training_state.json").read_text())
+    state["files"] = {path.name: path.stat().st_size for path in checkpoint.iterdir()
+                      if path.is_file() and path.name != "training_state.json"}
+    (checkpoint / "training_state.json").write_text(json.dumps(state))
+    assert checkpoint_problem(checkpoint) is None
+    with open(checkpoint / "model.safetensors", "r+b") as file:
+        file.truncate(100)
+    assert checkpoint_problem(checkpoint).startswith("model.safetensors has 100 bytes instead of")
+
+
 def test_manifest_hashes_every_file_of_a_checkpoint_subfolders_included(reference, tmp_path):
     checkpoint = tmp_path / "step_0000200"
     shutil.copytree(list_checkpoints(reference)[-1], checkpoint)
