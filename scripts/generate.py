@@ -31,7 +31,7 @@ def parse_args(argv=None):
     parser.add_argument("--int8", action="store_true",
                         help="int8 weights for fast inference (SLM models; about 2.5x faster on a CPU)")
     args = parser.parse_args(argv)
-    if args.prompt is None and sys.stdin.isatty():  # nobody is going to type prompts into a waiting script
+    if args.prompt is None and sys.stdin is not None and sys.stdin.isatty():  # nobody is going to type prompts into a waiting script
         parser.error("no prompt: pass --prompt TEXT, or pipe prompts in, one per line "
                      "(echo 'Once upon a time' | python scripts/generate.py --model DIR)")
     return args

@@ -121,6 +121,16 @@ CASES = [
     ("push_to_hub", ["--model", "{other_arch}", "--repo-id", "me/slm", "--dry-run"], "gpt2"),
     ("push_to_hub", ["--model", "{final}", "--repo-id", "not a repo id!", "--dry-run"], "repo"),
     ("push_to_hub", ["--model", "{final}", "--repo-id", "a/b/c", "--dry-run"], "repo"),
+    # ------------------------------------------------------------------------------------------------- export
+    ("export", ["--to", "llama", "--out", "{new}"], "--model"),
+    ("export", ["--model", "{final}", "--to", "tflite", "--out", "{new}"], "--to"),
+    ("export", ["--model", "{final}", "--to", "gguf", "--out", "{new}", "--gguf-type", "q4_k"], "--gguf-type"),
+    ("export", ["--model", "{missing}", "--to", "llama", "--out", "{new}"], "missing"),
+    ("export", ["--model", "{a_file}", "--to", "llama", "--out", "{new}"], "a-file"),
+    ("export", ["--model", "{truncated_model}", "--to", "llama", "--out", "{new}"], "model.safetensors"),
+    ("export", ["--model", "{other_arch}", "--to", "gguf", "--out", "{new}"], "gpt2"),
+    ("export", ["--model", "{final}", "--to", "llama", "--out", "{a_file}"], "a-file"),
+    ("export", ["--model", "{final}", "--to", "llama", "--out", "{under_a_file}"], "a-file"),
     # ------------------------------------------------------------------------------------------------- app.py
     ("app", [], "--model"),
     ("app", ["--model", "{missing}"], "missing"),
@@ -213,7 +223,8 @@ def _script(name):
 
 def test_the_table_covers_every_script_and_60_cases():
     assert len(CASES) >= 60
-    assert {script for script, _, _ in CASES} == {"prepare_data", "train", "evaluate", "generate", "push_to_hub", "app"}
+    scripts = {"prepare_data", "train", "evaluate", "generate", "push_to_hub", "export", "app"}
+    assert {script for script, _, _ in CASES} == scripts
 
 
 @pytest.mark.parametrize("case", CASES, ids=[_case_id(case) for case in CASES])

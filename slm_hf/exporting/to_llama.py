@@ -28,6 +28,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ..atomic_files import check_can_create
 from ..errors import SLMError
 
 # What a Llama cannot express, and the message that says so.
@@ -152,8 +153,15 @@ def load_slm_weights(model_dir: str | os.PathLike) -> dict:
     from ..generation import quiet_progress_bars
     from ..modeling_slm import SLMForCausalLM
 
-    with quiet_progress_bars():
-        model = SLMForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    from safetensors import SafetensorError
+
+    try:
+        with quiet_progress_bars():
+            model = SLMForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    except (OSError, ValueError, SafetensorError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise SLMError(f"cannot read the weights of {model_dir} (model.safetensors is damaged or truncated?): "
+                       f"{first_line}") from error
     return model.state_dict()
 
 
@@ -226,9 +234,9 @@ def export_llama(
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     config = read_slm_config(model_dir)
     check_llama_compatible(config)
+    weights = llama_state_dict(load_slm_weights(model_dir), config)  # read before anything is written
     staging = _staging_folder(out_dir, overwrite)
     try:
-        weights = llama_state_dict(load_slm_weights(model_dir), config)
         save_file(weights, str(staging / "model.safetensors"), metadata={"format": "pt"})
         (staging / "config.json").write_text(json.dumps(llama_config(config), indent=2) + "\n", encoding="utf-8")
         generation_config = model_dir / "generation_config.json"
@@ -258,6 +266,8 @@ def _staging_folder(out_dir: Path, overwrite: bool) -> Path:
     """A fresh folder beside `out_dir` to write the export into (refusing to replace a non-empty `out_dir`)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise SLMError(f"the output path {out_dir} exists and is not a folder")
+    if not out_dir.exists():
+        check_can_create(out_dir, "output folder")  # its nearest existing ancestor is a writable folder
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise SLMError(f"{out_dir} exists and is not empty; choose another --out or pass --overwrite")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
