@@ -45,12 +45,13 @@ def launchers(config_file: Path) -> dict[str, tuple[list[str], dict[str, str], i
     }
 
 
-def run_once(prefix, extra_env, processes: int, data: Path, out: Path, steps: int) -> dict:
+def run_once(prefix, extra_env, processes: int, data: Path, out: Path, steps: int, batch_size: int) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **extra_env}
     env.pop("OMP_NUM_THREADS", None)
     command = [*prefix, str(ROOT / "scripts" / "train.py"), "--config", str(ROOT / "configs" / "cpu-demo.yaml"),
                "--data", str(data), "--out", str(out), "--overwrite", f"max_steps={steps}", "max_minutes=null",
-               "compile=false", "mixed_precision=no", "eval_interval=100000", "sample_tokens=0", "log_interval=5",
+               "compile=false", "mixed_precision=no", "eval_interval=100000", "eval_iters=1", "sample_tokens=0",
+               "log_interval=3", f"batch_size={batch_size}",
                f"gradient_accumulation_steps={2 // processes}"]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800, cwd=ROOT)
     if result.returncode != 0:
@@ -72,6 +73,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=16, help="windows of 256 tokens per micro-batch")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
 
@@ -85,7 +87,7 @@ def main() -> None:
     runs: dict[str, list[dict]] = {}
     for repeat in range(args.repeats):
         for name, (prefix, extra_env, processes) in launchers(config_file).items():
-            result = run_once(prefix, extra_env, processes, data, work / "run", args.steps)
+            result = run_once(prefix, extra_env, processes, data, work / "run", args.steps, args.batch_size)
             runs.setdefault(name, []).append(result)
             print(f"repeat {repeat + 1}: {name}: {result}", flush=True)
 
@@ -109,6 +111,7 @@ def main() -> None:
     cpu = next((line.split(":", 1)[1].strip() for line in subprocess.run(["lscpu"], capture_output=True,
                 text=True).stdout.splitlines() if line.startswith("Model name")), platform.processor())
     report = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu": cpu, "cores": os.cpu_count(), "steps": args.steps,
+              "batch_size": args.batch_size,
               "repeats": args.repeats, "launchers": table, "runs": runs, "startup_s": startup}
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"launchers_cpu_{time.strftime('%Y-%m-%d')}.json"
