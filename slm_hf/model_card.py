@@ -93,7 +93,7 @@ def render_model_card(
     """The `ModelCard` `write_model_card` saves, without writing it."""
     model_dir = Path(model_dir)
     config = _read_json(model_dir / "config.json", required=True)
-    if config.get("model_type") != SLMConfig.model_type:
+    if config.get("model_type") not in (SLMConfig.model_type, "llama"):  # an SLM model, or its Llama export
         raise SLMError(f"{model_dir} holds a {config.get('model_type')!r} model, not an slm_hf one "
                        f"(model_type {SLMConfig.model_type!r}): this model card describes slm_hf models")
     results = _read_json(model_dir / "training_results.json", required=False)

@@ -179,17 +179,6 @@ def test_export_script_writes_the_folder_and_refuses_to_overwrite(final, tmp_pat
     assert missing.returncode == 2 and missing.stderr.startswith("error: ") and "Traceback" not in missing.stderr
 
 
-def test_export_script_answers_help_without_importing_torch():
-    probe = ("import runpy, sys\n"
-             "sys.argv = ['export.py', '--help']\n"
-             "try:\n    runpy.run_path('scripts/export.py', run_name='__main__')\n"
-             "except SystemExit as stop:\n    assert stop.code == 0\n"
-             "print(sorted(name for name in ('torch', 'transformers', 'slm_hf') if name in sys.modules))\n")
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=60)
-    assert done.returncode == 0, done.stderr
-    assert "--to {llama,gguf,onnx}" in done.stdout and done.stdout.strip().splitlines()[-1] == "[]"
-
-
 # -------------------------------------------------------------------------------------------------------- gguf
 @pytest.fixture(scope="module")
 def gguf_files(final, tmp_path_factory):
