@@ -4,14 +4,13 @@ own model: the Llama folder in transformers 5 (in-process) and transformers 4.x 
 import json
 import shutil
 import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
 
 from other_runtimes import transformers4_python
-from share_fixtures import REPO, offline_env, trained_run
+from share_fixtures import offline_env, trained_run
 
 STORIES = [
     "Once upon a time, there was a little girl named Lily. She loved to play in the park with her dog.",
