@@ -30,7 +30,7 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 # Short runs: no sample stories, few evaluation batches.
 QUICK = ["sample_tokens=0", "eval_iters=2"]
 # Long enough to be interrupted after its first logged steps, short enough to resume in seconds.
-RUN = ["max_steps=300", "gradient_accumulation_steps=2", "save_interval=100", "eval_interval=100", "log_interval=5",
+RUN = ["max_steps=150", "gradient_accumulation_steps=2", "save_interval=100", "eval_interval=100", "log_interval=5",
        *QUICK]
 HEADER = re.compile(r"on cpu \((\d+) threads\) x(\d+) \((.+?), distributed type (\w+)\), precision ([^,]+),")
 
@@ -169,8 +169,12 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues(launcher, processes, tin
     assert stopped, stdout[-2000:] + stderr[-3000:]
     step = int(stopped.group(1))
     assert (out / "checkpoints" / f"step_{step:07d}").is_dir() and not (out / "final").exists()
-    if launcher != "torchrun":  # torchrun reports the signal its own way (exit 1, its traceback)
+    if launcher == "python":
         assert process.returncode == 130, stderr[-3000:]
+    elif launcher != "torchrun":  # torchrun reports the signal its own way (exit 1, its traceback)
+        # accelerate launch exits 130 itself, or, when its own SIGINT lands after its child ended, reports the
+        # child's 130 in a CalledProcessError (seen on a loaded machine): the training process exited 130 either way.
+        assert process.returncode == 130 or "returned non-zero exit status 130" in stderr, stderr[-3000:]
 
     resumed = run([*launched(launcher, processes), *train_args(tiny_data_dir, out, *run_args, "--resume", "auto")],
                   env)
@@ -269,7 +273,7 @@ def run_in_terminal(command, env, timeout=300) -> str:
     return b"".join(chunks).decode(errors="replace")
 
 
-@pytest.mark.parametrize("launcher", ["python", "accelerate"])
+@pytest.mark.parametrize("launcher", ["accelerate"])  # where they glued (python writes the same way)
 def test_messages_never_glue_to_the_progress_bar(launcher, tiny_data_dir, home, tmp_path):
     env = environment(home, OMP_NUM_THREADS="1")
     args = train_args(tiny_data_dir, tmp_path / "run", "max_steps=40", "eval_interval=20", "log_interval=1", *QUICK)
