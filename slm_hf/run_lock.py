@@ -54,13 +54,6 @@ class RunLock:
         self._holder.unlink(missing_ok=True)
         self._lock.release()
 
-    def __enter__(self) -> RunLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
     def _describe_holder(self) -> str:
         try:
             holder = json.loads(self._holder.read_text(encoding="utf-8"))

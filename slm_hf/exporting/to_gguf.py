@@ -29,6 +29,7 @@ from ..errors import SLMError
 from .to_llama import (
     _export_name,
     check_llama_compatible,
+    import_export_dependency,
     llama_state_dict,
     load_slm_weights,
     read_slm_config,
@@ -111,11 +112,7 @@ def export_gguf(
         raise SLMError(f"unknown gguf type {gguf_type!r}; choose one of {', '.join(GGUF_TYPES)}")
     config = read_slm_config(model_dir)
     check_llama_compatible(config, target="gguf")
-    try:
-        import gguf
-    except ImportError:
-        raise SLMError("the gguf export needs the gguf package: pip install 'slm-hf[export]' (or pip install gguf)") \
-            from None
+    gguf = import_export_dependency("gguf", target="gguf")
     if out_dir.exists() and not out_dir.is_dir():
         raise SLMError(f"the output path {out_dir} exists and is not a folder")
     name = _export_name(model_dir).removesuffix("-llama")

@@ -59,6 +59,17 @@ def read_slm_config(model_dir: str | os.PathLike) -> dict[str, Any]:
     return config
 
 
+def import_export_dependency(package: str, target: str):
+    """Import `package`, which the `target` export needs, or raise `SLMError` saying how to install it."""
+    import importlib
+
+    try:
+        return importlib.import_module(package)
+    except ImportError:
+        raise SLMError(f"the {target} export needs the {package} package: pip install 'slm-hf[export]' "
+                       f"(or pip install {package})") from None
+
+
 def check_llama_compatible(config: dict[str, Any], target: str = "llama") -> None:
     """Raise `SLMError` (one line) when the SLM `config` uses something that a Llama, hence `target`, cannot
     express."""

@@ -22,8 +22,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ..errors import SLMError
-from .to_llama import check_llama_compatible, export_llama, read_slm_config
+from .to_llama import check_llama_compatible, export_llama, import_export_dependency, read_slm_config
 
 ONNX_OPSET = 17
 ONNX_FILE = "onnx/model.onnx"
@@ -129,11 +128,7 @@ def export_onnx(model_dir: str | os.PathLike, out_dir: str | os.PathLike, *, ove
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     config = read_slm_config(model_dir)
     check_llama_compatible(config, target="onnx")
-    try:
-        import onnx  # noqa: F401  (torch.onnx needs it)
-    except ImportError:
-        raise SLMError("the onnx export needs the onnx package: pip install 'slm-hf[export]' (or pip install onnx)") \
-            from None
+    import_export_dependency("onnx", target="onnx")  # torch.onnx needs it
     import torch
     from safetensors.torch import load_file
 
