@@ -88,12 +88,14 @@ logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
 # ------------------------------------------------------------------------------------------- learning rate
 @dataclass
 class Schedule:
-    """Linear warmup, then cosine decay: the learning rate of each optimizer update.
+    """Linear warmup, then cosine decay (or warmup-stable-decay): the learning rate of each optimizer update.
 
     `lr(n)` is the rate of update n = 1, 2, ... max_steps. Warmup goes linearly from `start_factor * peak` (at
-    n = 0) to `peak` (at n = warmup_steps); then a half cosine goes from `peak` to `minimum` (at n = max_steps).
-    This expresses the reference tutorial's `LinearLR(start_factor=1/3)` then `CosineAnnealingLR(eta_min=min_lr)`:
-    with its min_lr above the peak the "decay" rises, which the seed preset keeps on purpose.
+    n = 0) to `peak` (at n = warmup_steps). Then `shape` "cosine": a half cosine from `peak` to `minimum` (at
+    n = max_steps). This expresses the reference tutorial's `LinearLR(start_factor=1/3)` then
+    `CosineAnnealingLR(eta_min=min_lr)`: with its min_lr above the peak the "decay" rises, which the seed preset keeps
+    on purpose. Or `shape` "wsd": `peak` until the last `decay_fraction` of the steps, then linear to `minimum`; a
+    time budget that refits `max_steps` moves only the start of that decay.
     """
 
     peak: float
@@ -101,10 +103,16 @@ class Schedule:
     warmup_steps: float
     max_steps: int
     start_factor: float = 0.0
+    shape: str = "cosine"
+    decay_fraction: float = 0.2
 
     def lr(self, n: float) -> float:
         if n < self.warmup_steps:
             return self.peak * (self.start_factor + (1 - self.start_factor) * n / self.warmup_steps)
+        if self.shape == "wsd":
+            decay_steps = self.decay_fraction * self.max_steps
+            progress = min(max((n - (self.max_steps - decay_steps)) / max(decay_steps, 1), 0.0), 1.0)
+            return self.peak + (self.minimum - self.peak) * progress
         progress = min((n - self.warmup_steps) / max(self.max_steps - self.warmup_steps, 1), 1.0)
         return self.minimum + (self.peak - self.minimum) * 0.5 * (1 + math.cos(math.pi * progress))
 
@@ -113,13 +121,24 @@ class Schedule:
 class TokenWindows:
     """Random training windows of a token array: inputs `tokens[i : i + T]`, targets `tokens[i + 1 : i + T + 1]`.
 
+    `i` is drawn from every position, or, with `story_start_token` (the `<|endoftext|>` id), from the positions of
+    that token only: each window then opens with a story's beginning, read after its start token.
+
     Each batch is drawn from its own generator, seeded with `(seed, stream, *key)`: the same key always gives the
     same batch, on any process, before or after a resume. The loop keys training batches by (step, micro-batch
     index across all processes), so the processes see different windows, and 2 processes x 2 micro-batches see
     exactly what 1 process x 4 micro-batches sees.
     """
 
-    def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, seed: int, stream: int):
+    def __init__(
+        self,
+        tokens: np.ndarray,
+        block_size: int,
+        batch_size: int,
+        seed: int,
+        stream: int,
+        story_start_token: int | None = None,
+    ):
         if len(tokens) < block_size + 2:
             raise SLMError(
                 f"the data has {len(tokens)} tokens, fewer than one window of block_size {block_size} + 1; "
@@ -129,10 +148,19 @@ class TokenWindows:
         self.batch_size = batch_size
         self.seed, self.stream = seed, stream
         self.offsets = np.arange(block_size + 1)
+        last_start = len(tokens) - len(self.offsets)
+        self.starts = None
+        if story_start_token is not None:
+            self.starts = np.flatnonzero(tokens[: last_start + 1] == story_start_token)
+            if len(self.starts) == 0:
+                raise SLMError(f"the data holds no <|endoftext|> (id {story_start_token}) to start windows at")
 
     def batch(self, *key: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.seed, self.stream, *key])
-        starts = rng.integers(0, len(self.tokens) - len(self.offsets) + 1, size=self.batch_size)
+        if self.starts is None:
+            starts = rng.integers(0, len(self.tokens) - len(self.offsets) + 1, size=self.batch_size)
+        else:
+            starts = self.starts[rng.integers(0, len(self.starts), size=self.batch_size)]
         windows = torch.from_numpy(self.tokens[starts[:, None] + self.offsets].astype(np.int64))
         return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
 
@@ -273,13 +301,26 @@ class LossScaleWatch:
 
 
 # ---------------------------------------------------------------------------------------------- optimizer
-def build_optimizer(model: torch.nn.Module, config: TrainingConfig) -> torch.optim.AdamW:
+def build_optimizer(model: torch.nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
     """AdamW; weight decay only on matrices of linear layers (not on norms, biases, embeddings), unless the config
-    says `decay_all_parameters` (as the reference tutorial does). Fused kernels where PyTorch has them."""
+    says `decay_all_parameters` (as the reference tutorial does). Fused kernels where PyTorch has them.
+
+    With `optimizer: muon`, the weight matrices of the decoder layers go to `torch.optim.Muon` instead (its updates
+    scaled to AdamW's root-mean-square, "match_rms_adamw", so both share the learning rate and its schedule)."""
     embeddings = {id(module.weight) for module in model.modules() if isinstance(module, torch.nn.Embedding)}
-    decay, no_decay = [], []
+    hidden_matrices = set()
+    if config.optimizer == "muon":
+        hidden_matrices = {
+            id(module.weight)
+            for module in model.modules()
+            if isinstance(module, torch.nn.Linear) and id(module.weight) not in embeddings
+        }
+    decay, no_decay, orthogonalised = [], [], []
     for parameter in model.parameters():  # each tied parameter once
         if not parameter.requires_grad:
+            continue
+        if id(parameter) in hidden_matrices:
+            orthogonalised.append(parameter)
             continue
         decayed = config.decay_all_parameters or (parameter.ndim >= 2 and id(parameter) not in embeddings)
         (decay if decayed else no_decay).append(parameter)
@@ -289,9 +330,49 @@ def build_optimizer(model: torch.nn.Module, config: TrainingConfig) -> torch.opt
     ]
     kwargs = dict(lr=config.learning_rate, betas=config.betas, eps=config.eps)
     try:
-        return torch.optim.AdamW(groups, fused=True, **kwargs)
+        adamw = torch.optim.AdamW(groups, fused=True, **kwargs)
     except (RuntimeError, ValueError):  # no fused kernel for these parameters' device or dtype
-        return torch.optim.AdamW(groups, **kwargs)
+        adamw = torch.optim.AdamW(groups, **kwargs)
+    if not orthogonalised:
+        return adamw
+    muon = torch.optim.Muon(
+        orthogonalised,
+        lr=config.learning_rate,
+        weight_decay=config.weight_decay,
+        momentum=config.muon_momentum,
+        adjust_lr_fn="match_rms_adamw",
+    )
+    return MuonWithAdamW(muon, adamw)
+
+
+class MuonWithAdamW(torch.optim.Optimizer):
+    """Two optimizers as one, for the loop, the learning-rate scheduler, the loss scaler and checkpoints.
+
+    Its `param_groups` are the very group dicts of `muon` and `adamw` (a scheduler setting `lr` sets theirs); a step
+    steps both; its state dict holds both state dicts.
+    """
+
+    def __init__(self, muon: torch.optim.Muon, adamw: torch.optim.AdamW):
+        self.muon, self.adamw = muon, adamw
+        super().__init__(muon.param_groups + adamw.param_groups, {})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        self.muon.step()
+        self.adamw.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.muon.zero_grad(set_to_none)
+        self.adamw.zero_grad(set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.muon.load_state_dict(state_dict["muon"])
+        self.adamw.load_state_dict(state_dict["adamw"])
 
 
 def optimizer_step(
@@ -765,7 +846,13 @@ def _train(
             log("warning: bf16 with compiled layers diverged in our GPU measurements (torch 2.11, BENCHMARKS.md) "
                 "where fp16 trained well: prefer --mixed-precision fp16 with compile=true")
     schedule = Schedule(
-        config.learning_rate, config.min_lr, config.warmup_steps, config.max_steps, config.warmup_start_factor
+        config.learning_rate,
+        config.min_lr,
+        config.warmup_steps,
+        config.max_steps,
+        config.warmup_start_factor,
+        config.lr_schedule,
+        config.decay_fraction,
     )
     # LambdaLR counts the updates done so far; update n + 1 is the next one.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda done: schedule.lr(done + 1) / schedule.peak)
@@ -774,7 +861,10 @@ def _train(
     precision_name = "bf16 with fp32 master weights" if master is not None else _precision_name(precision)
 
     # Data: random training windows; fixed validation and training batches for evaluation.
-    train_windows = TokenWindows(load_tokens(data_dir, "train"), config.block_size, config.batch_size, config.seed, 0)
+    story_start = meta["eos_token_id"] if config.window_starts == "stories" else None
+    train_windows = TokenWindows(
+        load_tokens(data_dir, "train"), config.block_size, config.batch_size, config.seed, 0, story_start
+    )
     eval_batches = -(-config.eval_iters // world) * world  # a multiple of the number of processes
     val_windows = TokenWindows(load_tokens(data_dir, "val"), config.block_size, config.batch_size, config.seed, 1)
     val_batches = [val_windows.batch(i) for i in range(rank, eval_batches, world)]

@@ -34,6 +34,9 @@ from .errors import SLMError
 
 PRECISIONS = ("auto", "no", "fp16", "bf16")
 TRACKERS = ("none", "tensorboard", "wandb")
+OPTIMIZERS = ("adamw", "muon")
+LR_SCHEDULES = ("cosine", "wsd")
+WINDOW_STARTS = ("anywhere", "stories")
 # SLMConfig fields the data folder decides, unless the config pins them (then they must agree with it).
 DATA_MODEL_KEYS = ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id")
 # Settings that do not change what the model learns: a resumed run may change them freely.
@@ -106,9 +109,21 @@ class TrainingConfig:
     # Wall-clock budget: `max_steps` is lowered to what fits, refitted to the measured speed at each evaluation.
     max_minutes: float | None = None
 
-    # AdamW with linear warmup then cosine decay to `min_lr`.
+    # Where training windows start: "anywhere" in the token stream, or "stories": at an <|endoftext|>, so that
+    # every window opens with a story's beginning, as generation and evaluation do.
+    window_starts: str = "anywhere"
+
+    # The optimizer: "adamw" for every parameter, or "muon": torch.optim.Muon (orthogonalised momentum) for the
+    # decoder layers' weight matrices, AdamW for embeddings, norms and the head, on the same learning rate
+    # (Muon's updates are scaled to AdamW's typical size).
+    optimizer: str = "adamw"
+    muon_momentum: float = 0.95
+    # Linear warmup, then "cosine" decay to `min_lr` over the rest of the run, or "wsd" (warmup-stable-decay):
+    # `learning_rate` until the last `decay_fraction` of the steps, then a linear decay to `min_lr`.
     learning_rate: float = 2e-3
     min_lr: float = 2e-4
+    lr_schedule: str = "cosine"
+    decay_fraction: float = 0.2
     warmup_steps: float = 100  # may be fractional: the seed recipe warms up over 1,000 micro-steps = 31.25 steps
     warmup_start_factor: float = 0.0  # the learning rate starts at this fraction of `learning_rate`
     weight_decay: float = 0.1
@@ -173,8 +188,18 @@ class TrainingConfig:
             raise SLMError(f"grad_clip must be positive (or 0/null for no clipping), got {self.grad_clip!r}")
         if self.mixed_precision not in PRECISIONS:
             raise SLMError(f"mixed_precision must be one of {', '.join(PRECISIONS)}, got {self.mixed_precision!r}")
-        if self.report_to not in TRACKERS:
-            raise SLMError(f"report_to must be one of {', '.join(TRACKERS)}, got {self.report_to!r}")
+        for name, choices in (
+            ("report_to", TRACKERS),
+            ("optimizer", OPTIMIZERS),
+            ("lr_schedule", LR_SCHEDULES),
+            ("window_starts", WINDOW_STARTS),
+        ):
+            if getattr(self, name) not in choices:
+                raise SLMError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+        if not 0 < self.decay_fraction <= 1:
+            raise SLMError(f"decay_fraction must be in (0, 1], got {self.decay_fraction!r}")
+        if not 0 <= self.muon_momentum < 1:
+            raise SLMError(f"muon_momentum must be in [0, 1), got {self.muon_momentum!r}")
 
     # ------------------------------------------------------------------------------------------------ model
     def model_config(self, vocab_size: int, eos_token_id: int) -> SLMConfig:

@@ -21,12 +21,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from slm_hf.data import prepare_data
+from slm_hf.data import load_tokens, prepare_data, read_meta
 from slm_hf.errors import SLMError
 from slm_hf.training import (
     MANIFEST_FILE,
     LossScaleWatch,
     Schedule,
+    TokenWindows,
     checkpoint_problem,
     latest_checkpoint,
     list_checkpoints,
@@ -138,6 +139,51 @@ def test_schedule_expresses_the_reference_warmup_and_cosine():
         optimizer.step()
         reference.step()
     assert schedule.lr(seed.max_steps) == pytest.approx(5e-4) and schedule.lr(seed.warmup_steps) == pytest.approx(1e-4)
+
+
+def test_warmup_stable_decay_holds_the_peak_then_decays_linearly_over_the_last_fraction():
+    schedule = Schedule(1e-3, 1e-4, warmup_steps=10, max_steps=100, shape="wsd", decay_fraction=0.2)
+    assert schedule.lr(5) == pytest.approx(5e-4)
+    assert [schedule.lr(n) for n in (10, 50, 80)] == pytest.approx([1e-3] * 3)
+    assert schedule.lr(90) == pytest.approx(5.5e-4) and schedule.lr(100) == pytest.approx(1e-4)
+    schedule.max_steps = 200  # a time budget refitted: the stable phase goes on, the decay moves
+    assert schedule.lr(100) == pytest.approx(1e-3) and schedule.lr(200) == pytest.approx(1e-4)
+
+
+def test_story_windows_open_with_a_story_start(data_dir):
+    eos = read_meta(data_dir)["eos_token_id"]
+    tokens = load_tokens(data_dir, "train")
+    windows = TokenWindows(tokens, block_size=64, batch_size=32, seed=0, stream=0, story_start_token=eos)
+    inputs, targets = windows.batch(7)
+    assert (inputs[:, 0] == eos).all() and (targets[:, 0] != eos).all()
+    assert torch.equal(inputs, windows.batch(7)[0])  # the same key, the same batch
+    anywhere = TokenWindows(tokens, block_size=64, batch_size=32, seed=0, stream=0)
+    assert not (anywhere.batch(7)[0][:, 0] == eos).all()
+
+
+def test_muon_with_wsd_and_story_windows_learns_and_resumes_exactly(data_dir, tmp_path):
+    """torch.optim.Muon for the hidden matrices with AdamW for the rest: one optimizer to the loop, its two states
+    saved in every checkpoint, so a killed run resumes bit for bit."""
+    recipe = [*RUN, "max_steps=60", "optimizer=muon", "lr_schedule=wsd", "window_starts=stories"]
+    reference = tmp_path / "muon"
+    run_train(data_dir, reference, *recipe)
+    out = tmp_path / "muon-killed"
+    process = start_train(data_dir, out, *recipe)
+    wait_for(lambda: logged_steps(out) >= 25, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    run_train(data_dir, out, *recipe, "--resume", "auto")
+    train, val = step_losses(out)
+    assert (train, val) == step_losses(reference)
+    assert val[50] < math.log(512)
+
+
+@pytest.mark.parametrize(
+    "override", ["optimizer=sgd", "lr_schedule=linear", "window_starts=middle", "decay_fraction=0", "muon_momentum=1"]
+)
+def test_recipe_choices_are_checked_on_construction(override):
+    with pytest.raises(SLMError, match=override.split("=")[0]):
+        TrainingConfig.load(None, [override])
 
 
 def test_config_overrides_and_unknown_keys():
