@@ -29,6 +29,11 @@ and a markdown table on stdout.
     python bench/bench_quality.py --recipes ours --budgets 10 --tag lr3e-3 --set learning_rate=3e-3 min_lr=3e-4
     python bench/bench_quality.py --report --budgets 10 30 60           # the tables and plot of the runs done
     OMP_NUM_THREADS=1 python bench/bench_quality.py --budgets 0.5 --out /tmp/bq    # a quick check
+    python bench/bench_quality.py --steps 600 --recipes ours --tag muon --set optimizer=muon   # learning per token
+
+`--steps N` trains each run for N optimizer steps instead of N minutes: a comparison of learning per token that a
+busy machine cannot change (runs `{recipe}-{N}steps`; the seed recipe keeps its own batch). Minutes decide what a
+user gets; steps separate "learns more per token" from "runs faster".
 """
 
 import argparse
@@ -36,9 +41,7 @@ import datetime
 import json
 import logging
 import math
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -48,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))  # the scripts' command_line module
 
 import torch  # noqa: E402
+from machine import describe  # noqa: E402
 from peers import build_llama  # noqa: E402
 
 from slm_hf.atomic_files import atomic_path, write_json  # noqa: E402
@@ -118,13 +122,13 @@ def prepare(shared_data: Path, out: Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- recipes
-def recipe_config(recipe: str, budget_min: float, overrides: tuple[str, ...] = ()) -> tuple[TrainingConfig, object]:
-    """The training config of `recipe` for a budget of `budget_min` minutes, and its model factory (None: SLM).
-    `overrides` (`key=value`) change cpu-demo.yaml before the recipe's own changes."""
-    if recipe == "seed":  # its 625 steps are its recipe; a CPU never gets there in these budgets
-        return replace(TrainingConfig.load(ROOT / "configs" / "seed.yaml"), max_minutes=budget_min), None
-    config = replace(TrainingConfig.load(ROOT / "configs" / "cpu-demo.yaml", list(overrides)),
-                     max_minutes=budget_min, max_steps=UNBOUNDED_STEPS)
+def recipe_config(recipe: str, budget: Budget, overrides: tuple[str, ...] = ()) -> tuple[TrainingConfig, object]:
+    """The training config of `recipe` for `budget`, and its model factory (None: SLM). `overrides` (`key=value`)
+    change cpu-demo.yaml before the recipe's own changes."""
+    if recipe == "seed":  # its 625 steps are its recipe; a CPU never gets there in minutes
+        seed = TrainingConfig.load(ROOT / "configs" / "seed.yaml")
+        return replace(seed, **(budget.limits() if budget.unit == "steps" else {"max_minutes": budget.amount})), None
+    config = replace(TrainingConfig.load(ROOT / "configs" / "cpu-demo.yaml", list(overrides)), **budget.limits())
     if recipe == "ours":
         return config, None
     if recipe == "ours-dropout":  # for budgets that pass over the 2.5M training tokens many times
@@ -148,23 +152,40 @@ class Variant:
         return f"{recipe}+{self.tag}" if self.overrides_for(recipe) else recipe
 
 
-def run_name(recipe: str, budget_min: float) -> str:
-    return f"{recipe}-{budget_min:g}min"
+@dataclass(frozen=True)
+class Budget:
+    """How long each run trains: `amount` minutes of wall clock (`unit` "min") or optimizer steps ("steps")."""
+
+    amount: float
+    unit: str = "min"
+
+    def __str__(self) -> str:
+        return f"{self.amount:g}{self.unit}"
+
+    def limits(self) -> dict:
+        """The TrainingConfig fields that end a run after this budget."""
+        if self.unit == "steps":
+            return {"max_steps": int(self.amount), "max_minutes": None}
+        return {"max_steps": UNBOUNDED_STEPS, "max_minutes": self.amount}
+
+
+def run_name(recipe: str, budget: Budget) -> str:
+    return f"{recipe}-{budget}"
 
 
 # ------------------------------------------------------------------------------------------- one run
 def train_and_evaluate(
-    recipe: str, budget_min: float, data_dir: Path, out: Path, eval_batch_size: int, variant: Variant
+    recipe: str, budget: Budget, data_dir: Path, out: Path, eval_batch_size: int, variant: Variant
 ) -> dict:
     """Train one recipe for one budget (replacing an unfinished run in its folder), then score its best model."""
-    config, model_factory = recipe_config(recipe, budget_min, variant.overrides_for(recipe))
+    config, model_factory = recipe_config(recipe, budget, variant.overrides_for(recipe))
     label = variant.label(recipe)
-    run_dir = out / "runs" / run_name(label, budget_min)
-    print(f"\n## {run_name(label, budget_min)}: training into {run_dir}", flush=True)
+    run_dir = out / "runs" / run_name(label, budget)
+    print(f"\n## {run_name(label, budget)}: training into {run_dir}", flush=True)
     started = time.perf_counter()
     outcome = train(config, data_dir, run_dir, overwrite=True, model_factory=model_factory)
     if outcome.final_dir is None:
-        raise SLMError(f"{run_name(label, budget_min)} was interrupted ({outcome.interrupted_by}); run again")
+        raise SLMError(f"{run_name(label, budget)} was interrupted ({outcome.interrupted_by}); run again")
     run_seconds = time.perf_counter() - started
 
     evaluated = run_dir / "best" if (run_dir / "best" / "config.json").is_file() else run_dir / "final"
@@ -183,7 +204,9 @@ def train_and_evaluate(
     return {
         "recipe": label,
         "overrides": list(variant.overrides_for(recipe)),
-        "budget_min": budget_min,
+        "budget": str(budget),
+        "budget_min": budget.amount if budget.unit == "min" else None,
+        "budget_steps": int(budget.amount) if budget.unit == "steps" else None,
         "run_dir": str(run_dir),
         "evaluated": evaluated.name,
         "steps": final["step"],
@@ -211,7 +234,7 @@ def train_and_evaluate(
 
 
 # ------------------------------------------------------------------------------------------- reports
-def table(results: dict, recipes: list[str], budgets: list[float]) -> str:
+def table(results: dict, recipes: list[str], budgets: list[Budget]) -> str:
     """Bits per byte (full validation split) per recipe and budget, and the ratio to the Llama recipe."""
     runs = results["runs"]
 
@@ -219,8 +242,8 @@ def table(results: dict, recipes: list[str], budgets: list[float]) -> str:
         run = runs.get(run_name(recipe, budget))
         return run["val_bits_per_byte"] if run else None
 
-    header = "| recipe | " + " | ".join(f"{b:g} min" for b in budgets)
-    header += " | vs llama (" + " / ".join(f"{b:g}" for b in budgets) + " min) |"
+    header = "| recipe | " + " | ".join(str(b) for b in budgets)
+    header += " | vs llama (" + " / ".join(str(b) for b in budgets) + ") |"
     lines = [header, "|---|" + "---:|" * (len(budgets) + 1)]
     for recipe in recipes:
         cells = [f"{v:.3f}" if (v := bpb(recipe, b)) is not None else "-" for b in budgets]
@@ -232,7 +255,7 @@ def table(results: dict, recipes: list[str], budgets: list[float]) -> str:
     return "\n".join(lines)
 
 
-def details(results: dict, recipes: list[str], budgets: list[float]) -> str:
+def details(results: dict, recipes: list[str], budgets: list[Budget]) -> str:
     lines = [
         "| run | params | precision | steps | tokens | tokens/s | val bits/byte (loop) | val bits/byte (full) "
         "| train loss | wall s |",
@@ -252,7 +275,7 @@ def details(results: dict, recipes: list[str], budgets: list[float]) -> str:
     return "\n".join(lines)
 
 
-def plot(results: dict, recipes: list[str], budgets: list[float], path: Path) -> Path:
+def plot(results: dict, recipes: list[str], budgets: list[Budget], path: Path) -> Path:
     """Bits per byte against training minutes, one line per recipe (a point per budget), and each run's validation
     curve as a thin line (the loop's estimate; x = tokens at the run's average speed, evaluations included)."""
     import matplotlib
@@ -275,7 +298,7 @@ def plot(results: dict, recipes: list[str], budgets: list[float], path: Path) ->
                      for r in records if "val/bits_per_byte" in r and r["tokens"] > 0]
             if curve:
                 axes.plot(*zip(*curve), color=color, linewidth=0.7, alpha=0.45)
-        axes.plot([r["budget_min"] for r in runs], [r["val_bits_per_byte"] for r in runs], color=color, marker="o",
+        axes.plot([r["wall_s"] / 60 for r in runs], [r["val_bits_per_byte"] for r in runs], color=color, marker="o",
                   linewidth=2, label=recipe)
     axes.set_xlabel("training minutes (wall clock, this machine)")
     axes.set_ylabel("validation bits per byte")
@@ -289,21 +312,12 @@ def plot(results: dict, recipes: list[str], budgets: list[float], path: Path) ->
     return path
 
 
-def machine() -> dict:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                                check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = None
-    return {"torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cpu": platform.processor() or platform.machine(), "commit": commit}
-
-
 # ----------------------------------------------------------------------------------------------- main
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=RECIPES)
     parser.add_argument("--budgets", nargs="+", type=float, default=[10, 30, 60], help="minutes of training")
+    parser.add_argument("--steps", nargs="+", type=int, help="optimizer steps of training, instead of --budgets")
     parser.add_argument("--shared-data", type=Path, default=DEFAULT_SHARED_DATA,
                         help="folder with train.txt and valid.txt (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-quality")
@@ -320,6 +334,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--set and --tag go together")
     if any(not (b > 0 and math.isfinite(b)) for b in args.budgets):
         parser.error("--budgets must be positive numbers of minutes")
+    if args.steps and any(n < 1 for n in args.steps):
+        parser.error("--steps must be positive numbers of steps")
+    args.budgets = [Budget(n, "steps") for n in args.steps] if args.steps else [Budget(b) for b in args.budgets]
     return args
 
 
@@ -348,7 +365,7 @@ def main(argv=None) -> None:
             if args.report:
                 continue
             run = train_and_evaluate(recipe, budget, data_dir, out, args.eval_batch_size, variant)
-            results["runs"][name] = {**run, "machine": machine()}
+            results["runs"][name] = {**run, "machine": describe()}
             write_json(results_path, results)
             print(f"## {name}: {run['steps']:,} steps, {run['tokens']:,} tokens, {run['tokens_per_s']:,.0f} tok/s, "
                   f"val {run['val_bits_per_byte']:.4f} bits/byte on {run['eval_tokens']:,} tokens "

@@ -12,30 +12,19 @@ median is reported, with the CPU model named (a shared machine slows all alike).
 
 import argparse
 import json
-import platform
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from machine import cpu_model
 
 from slm_hf.exporting import export_model
 from slm_hf.exporting.to_onnx import ONNX_FILE, onnx_greedy
 from slm_hf.generation import load_pretrained
 
 PROMPT = "Once upon a time, there was a little girl named Lily. She loved to"
-
-
-def cpu_model() -> str:
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main():
