@@ -122,6 +122,23 @@ def prepare(shared_data: Path, out: Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- recipes
+@dataclass(frozen=True)
+class Budget:
+    """How long each run trains: `amount` minutes of wall clock (`unit` "min") or optimizer steps ("steps")."""
+
+    amount: float
+    unit: str = "min"
+
+    def __str__(self) -> str:
+        return f"{self.amount:g}{self.unit}"
+
+    def limits(self) -> dict:
+        """The TrainingConfig fields that end a run after this budget."""
+        if self.unit == "steps":
+            return {"max_steps": int(self.amount), "max_minutes": None}
+        return {"max_steps": UNBOUNDED_STEPS, "max_minutes": self.amount}
+
+
 def recipe_config(recipe: str, budget: Budget, overrides: tuple[str, ...] = ()) -> tuple[TrainingConfig, object]:
     """The training config of `recipe` for `budget`, and its model factory (None: SLM). `overrides` (`key=value`)
     change cpu-demo.yaml before the recipe's own changes."""
@@ -150,23 +167,6 @@ class Variant:
 
     def label(self, recipe: str) -> str:
         return f"{recipe}+{self.tag}" if self.overrides_for(recipe) else recipe
-
-
-@dataclass(frozen=True)
-class Budget:
-    """How long each run trains: `amount` minutes of wall clock (`unit` "min") or optimizer steps ("steps")."""
-
-    amount: float
-    unit: str = "min"
-
-    def __str__(self) -> str:
-        return f"{self.amount:g}{self.unit}"
-
-    def limits(self) -> dict:
-        """The TrainingConfig fields that end a run after this budget."""
-        if self.unit == "steps":
-            return {"max_steps": int(self.amount), "max_minutes": None}
-        return {"max_steps": UNBOUNDED_STEPS, "max_minutes": self.amount}
 
 
 def run_name(recipe: str, budget: Budget) -> str:
