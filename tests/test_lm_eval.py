@@ -1,10 +1,11 @@
 """lm-evaluation-harness on the repository's local task (lm_eval_tasks/) agrees with our own evaluation.
 
-The command is the one lm_eval_tasks/tinystories_bpb.yaml and the README document, run as a user runs it: the
-`lm_eval` console script on a trained model folder (loaded as remote code: lm-eval does not import slm_hf).
+The command is the README's, run as a user runs it: the `lm_eval` console script on a trained model folder (loaded
+as remote code: lm-eval does not import slm_hf), here on the first 40 of the shipped validation stories.
 """
 
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -15,20 +16,26 @@ from share_fixtures import REPO, SAMPLE_VALID, offline_env, trained_run
 
 pytest.importorskip("lm_eval")
 
+MARKER = "<!-- lm-eval: tests/test_lm_eval.py runs this command -->"
 MAX_STORIES = 40
+
+
+def _readme_command() -> list[str]:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    block = readme.split(MARKER, 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    return shlex.split(block.replace("\\\n", " "))
 
 
 def test_lm_eval_bits_per_byte_equal_evaluate_py(tmp_path_factory, tmp_path, run_script):
     model = trained_run(tmp_path_factory) / "final"
     lm_eval = Path(sys.executable).parent / "lm_eval"
     assert lm_eval.exists() or shutil.which("lm_eval"), "the lm_eval console script is not installed"
-    command = [
-        str(lm_eval if lm_eval.exists() else "lm_eval"),
-        "--model", "hf",
-        "--model_args", f"pretrained={model},trust_remote_code=True",
-        "--include_path", "lm_eval_tasks",
-        "--tasks", "tinystories_bpb",
-        "--metadata", json.dumps({"stories": str(SAMPLE_VALID), "max_stories": MAX_STORIES}),
+    command = _readme_command()
+    assert command[0] == "lm_eval" and "pretrained=runs/cpu-demo/final,trust_remote_code=True" in command
+    command = [str(lm_eval) if lm_eval.exists() else "lm_eval"] + [
+        word.replace("runs/cpu-demo/final", str(model)) for word in command[1:]
+    ] + [
+        "--metadata", json.dumps({"max_stories": MAX_STORIES}),  # the shipped stories, the first 40
         "--batch_size", "8",
         "--device", "cpu",
         "--output_path", str(tmp_path / "lm_eval"),
@@ -45,4 +52,5 @@ def test_lm_eval_bits_per_byte_equal_evaluate_py(tmp_path_factory, tmp_path, run
     assert ours.returncode == 0, ours.stderr
     report = json.loads((tmp_path / "ours.json").read_text())
     mine = report["bits_per_byte"]
+    print(f"bits per byte on {MAX_STORIES} stories: lm_eval {theirs:.5f}, evaluate.py {mine:.5f}")
     assert theirs == pytest.approx(mine, rel=0.005), (theirs, mine)
