@@ -19,7 +19,7 @@ if Version(transformers.__version__).release < (5, 24):
 
 POSITION_EMBEDDING_TYPES = ("rope", "learned")
 NORM_TYPES = ("rmsnorm", "layernorm")
-MLP_TYPES = ("swiglu", "gelu")
+MLP_TYPES = ("swiglu", "gelu", "relu2")
 
 # Named architectures. `SLMConfig.from_preset(name, **overrides)` builds one; unknown names list these.
 PRESETS = {
@@ -84,14 +84,15 @@ class SLMConfig(PretrainedConfig):
         num_key_value_heads (`int`, *optional*): key/value heads (grouped-query attention); defaults to
             `num_attention_heads` (plain multi-head attention).
         intermediate_size (`int`, *optional*): hidden width of the feed-forward network; defaults to 4x
-            `hidden_size` for GELU and to 8/3x (rounded up to a multiple of 32) for SwiGLU.
+            `hidden_size` for GELU and squared ReLU, and to 8/3x (rounded up to a multiple of 32) for SwiGLU.
         max_position_embeddings (`int`): longest sequence the model is trained for (the size of the learned
             position table; rotary positions have no table but the same training context).
         position_embedding_type (`str`): `"rope"` (rotary) or `"learned"` (an absolute position table).
         rope_theta (`float`): base of the rotary frequencies.
         norm_type (`str`): `"rmsnorm"` or `"layernorm"`.
         norm_eps (`float`): epsilon of the normalisation layers.
-        mlp_type (`str`): `"swiglu"` (gated SiLU) or `"gelu"` (two-layer GELU MLP).
+        mlp_type (`str`): `"swiglu"` (gated SiLU), `"gelu"` (two-layer GELU MLP) or `"relu2"` (two-layer MLP with
+            squared ReLU, as in the modded-nanogpt speedrun).
         bias (`bool`): biases in the linear layers (and in LayerNorm).
         dropout (`float`): dropout on the embeddings and on the residual branches (the attention and feed-forward
             outputs).
@@ -100,6 +101,16 @@ class SLMConfig(PretrainedConfig):
         initializer_range (`float`): standard deviation of the normal initialisation; the projections that
             write into the residual stream are scaled down by `sqrt(2 * num_hidden_layers)` (GPT-2).
         tie_word_embeddings (`bool`): share the input embedding matrix with the language-model head.
+        qk_norm (`bool`): RMS-normalise each head's queries and keys (a learned scale per channel) before the rotary
+            positions and the dot product: bounded attention logits, whatever the learning rate does to the weights.
+        logit_softcap (`float`, *optional*): squash the output logits smoothly into (-cap, cap) with
+            `cap * tanh(logits / cap)`; None leaves them as they are.
+        zero_init_residual (`bool`): initialise the projections that write into the residual stream (attention output
+            and feed-forward down projection) to zero, so that every block starts as the identity.
+
+        The defaults of the last three (and `mlp_type="swiglu"`) are the architecture of every folder saved before
+        they existed; a Llama can express `zero_init_residual` and an untied head, not the others (see
+        `slm_hf.exporting`).
         use_cache (`bool`): return a key/value cache in inference.
     """
 
@@ -125,6 +136,9 @@ class SLMConfig(PretrainedConfig):
         attention_dropout: float | None = None,
         initializer_range: float = 0.02,
         tie_word_embeddings: bool = True,
+        qk_norm: bool = False,
+        logit_softcap: float | None = None,
+        zero_init_residual: bool = False,
         use_cache: bool = True,
         bos_token_id: int | None = 0,
         eos_token_id: int | None = 0,
@@ -137,7 +151,7 @@ class SLMConfig(PretrainedConfig):
         self.num_attention_heads = num_attention_heads
         self.num_key_value_heads = num_attention_heads if num_key_value_heads is None else num_key_value_heads
         if intermediate_size is None:
-            intermediate_size = 4 * hidden_size if mlp_type == "gelu" else 32 * -(-8 * hidden_size // 3 // 32)
+            intermediate_size = 32 * -(-8 * hidden_size // 3 // 32) if mlp_type == "swiglu" else 4 * hidden_size
         self.intermediate_size = intermediate_size
         self.max_position_embeddings = max_position_embeddings
         self.position_embedding_type = position_embedding_type
@@ -150,6 +164,9 @@ class SLMConfig(PretrainedConfig):
         self.attention_dropout = dropout if attention_dropout is None else attention_dropout
         self.initializer_range = initializer_range
         self.tie_word_embeddings = tie_word_embeddings
+        self.qk_norm = qk_norm
+        self.logit_softcap = logit_softcap
+        self.zero_init_residual = zero_init_residual
         self.use_cache = use_cache
         self.bos_token_id = bos_token_id
         self.eos_token_id = eos_token_id
@@ -201,6 +218,12 @@ class SLMConfig(PretrainedConfig):
         for name in ("dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"SLMConfig.{name} must be in [0, 1), got {getattr(self, name)!r}")
+        for name in ("qk_norm", "zero_init_residual", "tie_word_embeddings"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"SLMConfig.{name} must be true or false, got {getattr(self, name)!r}")
+        cap = self.logit_softcap
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or not 0 < cap < float("inf")):
+            raise ValueError(f"SLMConfig.logit_softcap must be None or a positive number, got {cap!r}")
         if not self.initializer_range > 0:
             raise ValueError(f"SLMConfig.initializer_range must be positive, got {self.initializer_range!r}")
         for name in ("bos_token_id", "eos_token_id", "pad_token_id"):

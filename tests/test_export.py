@@ -141,6 +141,30 @@ def test_llama_folder_loads_and_generates_in_transformers_4(slm, llama_dir, tmp_
     assert result["new_tokens"] == _greedy(model, ids)
 
 
+def test_an_untied_head_exports_to_a_llama_with_the_same_logits(final, slm, tmp_path):
+    from transformers import LlamaForCausalLM
+
+    from slm_hf import SLMConfig, SLMForCausalLM
+    from slm_hf.exporting import export_model
+
+    model, tokenizer = slm
+    untied = SLMForCausalLM(SLMConfig(**{**model.config.to_dict(), "tie_word_embeddings": False})).eval()
+    untied.load_state_dict(model.state_dict(), strict=False)
+    with torch.no_grad():
+        untied.lm_head.weight.copy_(model.lm_head.weight + 0.01 * torch.randn_like(model.lm_head.weight))
+    folder = tmp_path / "untied"
+    untied.save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        if (final / name).is_file():
+            shutil.copy(final / name, folder / name)
+    llama = LlamaForCausalLM.from_pretrained(export_model(folder, "llama", tmp_path / "llama")).eval()
+    assert not llama.config.tie_word_embeddings
+    assert llama.lm_head.weight.data_ptr() != llama.model.embed_tokens.weight.data_ptr()
+    ids = torch.tensor([_prompt_ids(tokenizer, STORIES[0])])
+    with torch.no_grad():
+        assert (llama(ids).logits - untied(ids).logits).abs().max().item() < 1e-4
+
+
 # ------------------------------------------------------------------------------------------------- the script
 def test_exports_refuse_what_a_llama_cannot_express(final, tmp_path, run_script):
     from slm_hf.errors import SLMError
@@ -149,6 +173,9 @@ def test_exports_refuse_what_a_llama_cannot_express(final, tmp_path, run_script)
     for number, (change, words) in enumerate((
         ({"position_embedding_type": "learned"}, "learned absolute positions"),
         ({"norm_type": "layernorm"}, "LayerNorm"),
+        ({"mlp_type": "relu2"}, "squared-ReLU feed-forward network"),
+        ({"qk_norm": True}, "normalised queries and keys"),
+        ({"logit_softcap": 30.0}, "soft-capped logits"),
         ({"mlp_type": "gelu", "bias": True}, "GELU feed-forward network .*and biases"),
     )):
         folder = tmp_path / f"model-{number}"

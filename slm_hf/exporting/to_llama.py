@@ -31,13 +31,16 @@ from typing import Any
 from ..atomic_files import check_can_create
 from ..errors import SLMError
 
-# What a Llama cannot express, and the message that says so.
+# What a Llama cannot express: (field, the value a Llama needs, what the model uses instead).
 _LLAMA_REQUIREMENTS = (
     ("position_embedding_type", "rope", "learned absolute positions (Llama has rotary positions only)"),
     ("norm_type", "rmsnorm", "LayerNorm (Llama normalises with RMSNorm)"),
-    ("mlp_type", "swiglu", "a GELU feed-forward network (Llama's is SwiGLU)"),
+    ("mlp_type", "swiglu", "a {value} feed-forward network (Llama's is SwiGLU)"),
     ("bias", False, "biases in the linear layers (Llama has none)"),
+    ("qk_norm", False, "normalised queries and keys (Llama has no QK-norm)"),
+    ("logit_softcap", None, "soft-capped logits (Llama's are not capped)"),
 )
+_FEED_FORWARD_NAMES = {"gelu": "GELU", "relu2": "squared-ReLU"}
 # Files of the source folder that the export carries over as they are.
 _CARRIED_FILES = ("training_results.json", "loss_curve.png", "train_config.yaml")
 # The oldest transformers the folder is meant for (LlamaConfig's fields used here all exist there).
@@ -76,15 +79,16 @@ def check_llama_compatible(config: dict[str, Any], target: str = "llama") -> Non
     from ..configuration_slm import SLMConfig
 
     defaults = SLMConfig()
-    problems = [
-        description
-        for key, expected, description in _LLAMA_REQUIREMENTS
-        if config.get(key, getattr(defaults, key)) != expected
-    ]
+    problems = []
+    for key, expected, description in _LLAMA_REQUIREMENTS:
+        value = config.get(key, getattr(defaults, key))
+        if value != expected:
+            problems.append(description.format(value=_FEED_FORWARD_NAMES.get(value, value)))
     if problems:
         raise SLMError(
             f"this model cannot be exported to {target}: it uses {' and '.join(problems)}; only models with rotary "
-            f"positions, RMSNorm, SwiGLU and no biases (the default architecture) are Llama-compatible"
+            f"positions, RMSNorm, a SwiGLU feed-forward network, no biases, no QK-norm and no logit soft-capping (the "
+            f"default architecture) are Llama-compatible"
         )
 
 
