@@ -40,8 +40,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .data import load_tokens, read_meta, read_stories
 from .errors import SLMError
 from .generation import GenerationSettings, context_length, generate_ids
+from .tokenization import tokenizer_sha256
 
 IGNORE_INDEX = -100
 
@@ -55,6 +57,12 @@ QUALITY_PROMPTS = (
     "Mom said, \"",
 )
 QUALITY_SETTINGS = GenerationSettings(max_new_tokens=200, temperature=0.8, top_k=50, top_p=1.0, seed=0)
+
+
+def bits_per_byte(nats: float, byte_count: float) -> float:
+    """Bits per byte of text: `nats` (summed, or per token) over the UTF-8 bytes of that text (summed, or per
+    token). The one definition, for evaluation's reports and training's validation records."""
+    return nats / math.log(2) / byte_count
 
 
 @dataclass
@@ -79,7 +87,7 @@ class LossReport:
     def bits_per_byte(self) -> float | None:
         if not self.bytes:
             return None
-        return self.nats / math.log(2) / self.bytes
+        return bits_per_byte(self.nats, self.bytes)
 
     def to_dict(self) -> dict:
         return {
@@ -261,17 +269,15 @@ def evaluate_texts(
 
 
 # ------------------------------------------------------------------------------------------------- inputs
-def read_stories(path: str | os.PathLike, max_stories: int | None = None) -> list[str]:
+def read_story_file(path: str | os.PathLike, max_stories: int | None = None) -> list[str]:
     """Stories from a TinyStories text file (`.txt` or `.txt.gz`, each story followed by a line holding exactly
     `<|endoftext|>`) or a JSON-lines file (one `{"text": ...}` object per line), stripped of surrounding whitespace,
     empty ones dropped: the stories `prepare_data` would read from the same file."""
-    from .data import read_stories as read_text_stories
-
     path = Path(path)
     if not path.is_file():
         raise SLMError(f"{path} is not a file; pass a data folder (with meta.json) or a .txt / .jsonl file")
     if not path.name.endswith(".jsonl"):
-        return read_text_stories(path, max_stories)
+        return read_stories(path, max_stories)
     stories = []
     with path.open(encoding="utf-8") as lines:
         for number, line in enumerate(lines, 1):
@@ -309,9 +315,6 @@ def evaluate_data_folder(
     progress: bool = False,
 ) -> LossReport:
     """`evaluate_tokens` on a data folder's split, after checking it was tokenized with the model's tokenizer."""
-    from .data import load_tokens, read_meta
-    from .tokenization import tokenizer_sha256
-
     meta = read_meta(data_dir)
     expected = meta.get("tokenizer", {}).get("sha256")
     if expected and expected != tokenizer_sha256(tokenizer):
@@ -417,7 +420,7 @@ def evaluate(
         source = {"data": str(data), "kind": "data_folder", "split": "val",
                   "windowing": "non-overlapping windows of the context from token 0"}
     else:
-        stories = read_stories(data, max_stories)
+        stories = read_story_file(data, max_stories)
         report = evaluate_texts(model, tokenizer, stories, batch_size=batch_size, progress=progress)
         source = {"data": str(data), "kind": "text", "stories": len(stories),
                   "windowing": "each story on its own after <|endoftext|>; longer ones in windows half a context apart"}
