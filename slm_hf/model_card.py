@@ -29,8 +29,8 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from .atomic_files import atomic_path
 from .configuration_slm import SLMConfig
 from .errors import SLMError
-from .evaluation import QUALITY_PROMPTS, QUALITY_SETTINGS
 from .generation import GenerationSettings, generate_ids, load_pretrained
+from .story_quality import QUALITY_PROMPTS, QUALITY_SETTINGS
 
 LICENSE = "apache-2.0"
 LICENSE_NAME = "Apache 2.0"
@@ -73,7 +73,7 @@ def write_model_card(
         model_dir: a Hub-ready model folder (a training run's `final/` or `best/`).
         repo_id: the Hub repository the card's examples load from; default `your-username/<model name>`.
         model_name: the title and model-index name; default the repo id's name, else the run's folder name.
-        num_samples: sample stories to generate for the card (0 for none), from `evaluation.QUALITY_PROMPTS`.
+        num_samples: sample stories to generate for the card (0 for none), from `story_quality.QUALITY_PROMPTS`.
     """
     model_dir = Path(model_dir)
     card = render_model_card(model_dir, repo_id=repo_id, model_name=model_name, num_samples=num_samples)

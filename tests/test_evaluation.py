@@ -15,17 +15,15 @@ import torch
 from share_fixtures import REPO, SAMPLE_VALID, data_folder, offline_env, trained_run
 from slm_hf.errors import SLMError
 from slm_hf.evaluation import (
-    distinct_n,
     evaluate_texts,
     evaluate_tokens,
     first_stories,
     read_story_file,
-    repetition_rate,
-    story_quality,
     story_windows,
     token_byte_lengths,
 )
 from slm_hf.generation import GenerationSettings, encode_prompt, generate_ids, load_pretrained, stream_to_terminal
+from slm_hf.story_quality import distinct_n, repetition_rate, story_quality
 
 
 @pytest.fixture(scope="module")

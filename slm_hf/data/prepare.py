@@ -47,8 +47,9 @@ def prepare_data(
     `options` are `DataOptions`' fields (vocab_size, tokenizer, text_column, val_fraction, max_stories, seed,
     data_files, tokenizer_train_stories, min_frequency): the options that shape the output, and their defaults.
     See slm_hf.data for the sources and the folder layout. `num_proc` is how many worker processes tokenize; by
-    default the tokenizer's own Rust threads use every core in this process, which is the fastest on one machine. `overwrite=True` rebuilds the folder even when it is
-    up to date, and replaces data made with a different tokenizer (refused otherwise).
+    default the tokenizer's own Rust threads use every core in this process, which is the fastest on one machine.
+    `overwrite=True` rebuilds the folder even when it is up to date, and replaces data made with a different
+    tokenizer (refused otherwise).
 
     Raises:
         SLMError: for any problem with the inputs (missing or unreadable source, no stories, missing text column,

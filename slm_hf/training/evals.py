@@ -30,7 +30,7 @@ def mean_loss(run: Run, batches) -> float:
             inputs, targets = inputs.to(device), targets.to(device)
             total += model(input_ids=inputs, shift_labels=targets, use_cache=False).loss.float()
     model.train()
-    return run.accelerator.reduce(total, "sum").item() / run.eval_batches
+    return run.accelerator.reduce(total, "sum").item() / run.eval_batch_count
 
 
 def sample_story(run: Run) -> str | None:

@@ -33,13 +33,15 @@ def train_and_export(run: Run, state: LoopState) -> TrainingOutcome:
     """Train to the last step (unless the checkpoint resumed from is there already), then write the model folders."""
     saved, out_dir = state.saved, run.out_dir
     if state.resumed and saved.step >= saved.max_steps and (out_dir / "final").is_dir():
-        run.log(f"{out_dir} is already trained to step {saved.step}: nothing to do (final model in {out_dir / 'final'})")
+        run.log(f"{out_dir} is already trained to step {saved.step}: nothing to do "
+                f"(final model in {out_dir / 'final'})")
         run.accelerator.end_training()
         return TrainingOutcome(out_dir, out_dir / "final", saved.step)
     train_steps(run, state)
     curve = plot_loss_curve(run.metrics.read(), out_dir / "loss_curve.png") if run.accelerator.is_main_process else None
     if state.interrupted_by:
-        run.log(f"stopped by {state.interrupted_by} at step {saved.step}; checkpoint saved. Continue with --resume auto")
+        run.log(f"stopped by {state.interrupted_by} at step {saved.step}; checkpoint saved. "
+                "Continue with --resume auto")
         run.accelerator.end_training()
         return TrainingOutcome(out_dir, None, saved.step, state.interrupted_by)
     return export_final(run, state, curve)

@@ -71,7 +71,7 @@ class Run:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     schedule: Schedule
     train_windows: TokenWindows
-    eval_batches: int  # how many fixed batches each evaluation scores, over all processes
+    eval_batch_count: int  # how many fixed batches each evaluation scores, over all processes
     val_batches: list  # this process's share of them, from the validation split
     train_eval_batches: list  # and from the training split
     val_bytes_per_token: float
@@ -175,14 +175,14 @@ def data_batches(setup: RunSetup, accelerator: Accelerator) -> tuple[TokenWindow
     train_windows = TokenWindows(
         load_tokens(data_dir, "train"), config.block_size, config.batch_size, config.seed, 0, story_start
     )
-    eval_batches = -(-config.eval_iters // processes) * processes
+    eval_batch_count = -(-config.eval_iters // processes) * processes
     val_windows = TokenWindows(load_tokens(data_dir, "val"), config.block_size, config.batch_size, config.seed, 1)
     train_eval_windows = TokenWindows(train_windows.tokens, config.block_size, config.batch_size, config.seed, 2)
     return (
         train_windows,
-        eval_batches,
-        val_windows.fixed_batches(eval_batches, rank, processes),
-        train_eval_windows.fixed_batches(eval_batches, rank, processes),
+        eval_batch_count,
+        val_windows.fixed_batches(eval_batch_count, rank, processes),
+        train_eval_windows.fixed_batches(eval_batch_count, rank, processes),
         meta["splits"]["val"]["bytes_per_token"],
     )
 
