@@ -23,8 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from slm_hf import data as data_module  # noqa: E402
-from slm_hf.data import DataOptions, prepare_data, read_stories  # noqa: E402
+from slm_hf.data import DataOptions, encoded_batches, prepare_data, read_stories  # noqa: E402
 from slm_hf.tokenization import save_tokenizer, train_tokenizer  # noqa: E402
 
 DEFAULT_TEXT_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinystories"
@@ -94,7 +93,7 @@ def main():
 
     def slm_hf_encode(num_proc):
         def run():
-            for _ in data_module._encoded_batches(dataset, tokenizer_json, eos, "uint16", num_proc):
+            for _ in encoded_batches(dataset, tokenizer_json, eos, "uint16", num_proc):
                 pass
         return run
 

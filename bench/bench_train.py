@@ -75,9 +75,17 @@ def worker(model_name: str, precision: str, steps: int, warmup: int) -> dict:
     """Time `steps` training steps (after `warmup`) of one model at one precision; runs in its own process."""
     from accelerate import Accelerator
 
-    from slm_hf.training import MasterWeights, TokenWindows, build_optimizer, compile_layers_and_loss, optimizer_step
+    from slm_hf.training import (
+        BatchShape,
+        MasterWeights,
+        TokenWindows,
+        build_optimizer,
+        compile_layers_and_loss,
+        optimizer_step,
+    )
 
     config, model_config = shape()
+    batch = BatchShape(config.batch_size, config.gradient_accumulation_steps, processes=1, block_size=config.block_size)
     mixed_precision, attention, master_weights, compiled = PRECISIONS[precision]
     baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     accelerator = Accelerator(mixed_precision=mixed_precision)
@@ -94,20 +102,19 @@ def worker(model_name: str, precision: str, steps: int, warmup: int) -> dict:
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
     tokens = np.random.default_rng(0).integers(0, model_config.vocab_size, 1_000_000).astype(np.uint16)
-    windows = TokenWindows(tokens, config.block_size, config.batch_size, seed=0, stream=0)
+    windows = TokenWindows(tokens, batch.block_size, batch.micro_batch_size, seed=0, stream=0)
     times = []
     for step in range(warmup + steps):
-        batches = [windows.batch(step, micro) for micro in range(config.gradient_accumulation_steps)]
+        batches = [windows.batch(step, micro) for micro in range(batch.accumulation)]
         start = time.perf_counter()
         loss, _ = optimizer_step(accelerator, model, optimizer, batches, config.grad_clip, master)
         loss.item()  # wait for the step to finish
         times.append(time.perf_counter() - start)
     step_time = statistics.median(times[warmup:])
-    tokens_per_step = config.batch_size * config.block_size * config.gradient_accumulation_steps
     return {
         "model": model_name,
         "precision": precision,
-        "tok_s": tokens_per_step / step_time,
+        "tok_s": batch.tokens_per_step / step_time,
         "step_s": step_time,
         "flops_per_token": flops_per_token,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

@@ -15,7 +15,7 @@ from accelerate import Accelerator
 from torch.autograd import DeviceType
 
 from slm_hf import SLMForCausalLM
-from slm_hf.training import TokenWindows, build_optimizer, compile_layers_and_loss, optimizer_step
+from slm_hf.training import BatchShape, TokenWindows, build_optimizer, compile_layers_and_loss, optimizer_step
 from slm_hf.training_config import TrainingConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,7 +32,8 @@ def main():
     args = parser.parse_args()
 
     config = TrainingConfig.load(args.config, args.overrides)
-    model_config = config.model_config(vocab_size=args.vocab_size, eos_token_id=0)
+    config, model_config = config.resolved(vocab_size=args.vocab_size, eos_token_id=0)
+    shape = BatchShape(config.batch_size, config.gradient_accumulation_steps, processes=1, block_size=config.block_size)
     accelerator = Accelerator(mixed_precision=config.mixed_precision)
     torch.manual_seed(0)
     model = SLMForCausalLM(model_config)
@@ -42,12 +43,11 @@ def main():
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
     tokens = np.random.default_rng(0).integers(0, model_config.vocab_size, 10_000_000).astype(np.uint16)
-    block_size = config.block_size or model_config.max_position_embeddings
-    windows = TokenWindows(tokens, block_size, config.batch_size, seed=0, stream=0)
+    windows = TokenWindows(tokens, shape.block_size, shape.micro_batch_size, seed=0, stream=0)
     synchronize = torch.cuda.synchronize if accelerator.device.type == "cuda" else lambda: None
 
     def step(n):
-        batches = [windows.batch(n, micro) for micro in range(config.gradient_accumulation_steps)]
+        batches = [windows.batch(n, micro) for micro in range(shape.accumulation)]
         batches = [(x.to(accelerator.device), y.to(accelerator.device)) for x, y in batches]
         return optimizer_step(accelerator, model, optimizer, batches, config.grad_clip)[0]
 
@@ -64,9 +64,8 @@ def main():
     events = profile.key_averages()
     kernels = [e for e in events if e.device_type == DeviceType.CUDA]  # operators would count their kernels again
     gpu_total = sum(e.self_device_time_total for e in kernels) / 1e6 / args.steps
-    tokens_per_step = config.batch_size * block_size * config.gradient_accumulation_steps
     print(f"step: {wall * 1e3:.1f} ms wall (profiled), GPU busy {gpu_total * 1e3:.1f} ms; "
-          f"{tokens_per_step / wall:,.0f} tokens/s")
+          f"{shape.tokens_per_step / wall:,.0f} tokens/s")
     print(events.table(sort_by="self_device_time_total", row_limit=args.rows, max_name_column_width=70))
 
 

@@ -17,7 +17,10 @@ from command_line import ArgumentParser, exit_on_error
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> ArgumentParser:
+    """The flags: --source, --out, how to run (--num-proc, --overwrite, --no-progress), and one flag per field of
+    slm_hf.data.DataOptions, the options that shape the data folder (tests/test_data.py checks they match; they are
+    spelled here because the parser answers --help before slm_hf, and torch, are imported)."""
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", default="sample",
                         help="'sample' (the TinyStories sample shipped with slm_hf; default), a Hub dataset id "
@@ -42,10 +45,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--num-proc", type=int, default=None,
                         help="tokenize in this many worker processes (default: the tokenizer's threads, all cores)")
     parser.add_argument("--seed", type=int, help="seed of the validation hold-out (default 0)")
+    parser.add_argument("--min-frequency", type=int,
+                        help="a pair must occur this often to be merged during tokenizer training (default 2)")
     parser.add_argument("--overwrite", action="store_true",
                         help="rebuild even if up to date, and replace data made with a different tokenizer")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def parse_data_files(values):
@@ -63,17 +72,15 @@ def parse_data_files(values):
 def main(argv=None) -> None:
     args = parse_args(argv)
     from slm_hf.data import prepare_data  # after parsing: see scripts/command_line.py
+    from slm_hf.data.options import OPTION_NAMES
 
     logging.basicConfig(format="%(message)s")
     logging.getLogger("slm_hf").setLevel(logging.INFO)
-    optional = ("vocab_size", "text_column", "val_fraction", "seed", "tokenizer_train_stories")
-    given = {name: getattr(args, name) for name in optional if getattr(args, name) is not None}
+    args.data_files = parse_data_files(args.data_files)
+    given = {name: getattr(args, name) for name in OPTION_NAMES if getattr(args, name) is not None}
     prepare_data(
         args.source,
         out_dir=args.out,
-        tokenizer=args.tokenizer,
-        max_stories=args.max_stories,
-        data_files=parse_data_files(args.data_files),
         num_proc=args.num_proc,
         overwrite=args.overwrite,
         show_progress=not args.no_progress and sys.stderr.isatty(),  # no bar fragments in log files

@@ -1,7 +1,7 @@
 """Train a model: `accelerate launch scripts/train.py --config configs/cpu-demo.yaml --data data/sample`.
 
 Also runs as `python scripts/train.py ...` (one process). Trailing `key=value` arguments override the config file
-(`learning_rate=1e-3`, `model.hidden_size=256`). See slm_hf/training.py and docs/training.md.
+(`learning_rate=1e-3`, `model.hidden_size=256`). See slm_hf/training/ and docs/training.md.
 """
 
 import argparse

@@ -28,8 +28,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,21 +38,19 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .data import load_tokens, read_meta, read_stories
 from .errors import SLMError
-from .generation import GenerationSettings, context_length, generate_ids
+from .generation import context_length
+from .story_quality import story_quality
+from .tokenization import tokenizer_sha256
 
 IGNORE_INDEX = -100
 
-# Story openings in TinyStories' style, for the samples in evaluation reports and in the model card.
-QUALITY_PROMPTS = (
-    "Once upon a time",
-    "One day, a little girl named Lily",
-    "Tom and his dog went to the park.",
-    "The sun was shining and the birds were singing.",
-    "There was a big red ball",
-    "Mom said, \"",
-)
-QUALITY_SETTINGS = GenerationSettings(max_new_tokens=200, temperature=0.8, top_k=50, top_p=1.0, seed=0)
+
+def bits_per_byte(nats: float, byte_count: float) -> float:
+    """Bits per byte of text: `nats` (summed, or per token) over the UTF-8 bytes of that text (summed, or per
+    token). The one definition, for evaluation's reports and training's validation records."""
+    return nats / math.log(2) / byte_count
 
 
 @dataclass
@@ -79,7 +75,7 @@ class LossReport:
     def bits_per_byte(self) -> float | None:
         if not self.bytes:
             return None
-        return self.nats / math.log(2) / self.bytes
+        return bits_per_byte(self.nats, self.bytes)
 
     def to_dict(self) -> dict:
         return {
@@ -261,17 +257,15 @@ def evaluate_texts(
 
 
 # ------------------------------------------------------------------------------------------------- inputs
-def read_stories(path: str | os.PathLike, max_stories: int | None = None) -> list[str]:
+def read_story_file(path: str | os.PathLike, max_stories: int | None = None) -> list[str]:
     """Stories from a TinyStories text file (`.txt` or `.txt.gz`, each story followed by a line holding exactly
     `<|endoftext|>`) or a JSON-lines file (one `{"text": ...}` object per line), stripped of surrounding whitespace,
     empty ones dropped: the stories `prepare_data` would read from the same file."""
-    from .data import read_stories as read_text_stories
-
     path = Path(path)
     if not path.is_file():
         raise SLMError(f"{path} is not a file; pass a data folder (with meta.json) or a .txt / .jsonl file")
     if not path.name.endswith(".jsonl"):
-        return read_text_stories(path, max_stories)
+        return read_stories(path, max_stories)
     stories = []
     with path.open(encoding="utf-8") as lines:
         for number, line in enumerate(lines, 1):
@@ -309,9 +303,6 @@ def evaluate_data_folder(
     progress: bool = False,
 ) -> LossReport:
     """`evaluate_tokens` on a data folder's split, after checking it was tokenized with the model's tokenizer."""
-    from .data import load_tokens, read_meta
-    from .tokenization import tokenizer_sha256
-
     meta = read_meta(data_dir)
     expected = meta.get("tokenizer", {}).get("sha256")
     if expected and expected != tokenizer_sha256(tokenizer):
@@ -325,76 +316,6 @@ def evaluate_data_folder(
     return evaluate_tokens(
         model, tokens, token_bytes=token_byte_lengths(tokenizer), batch_size=batch_size, progress=progress
     )
-
-
-# -------------------------------------------------------------------------------------------- story quality
-_WORD = re.compile(r"[a-z0-9']+")
-
-
-def words(text: str) -> list[str]:
-    """Lower-cased words of `text`, punctuation dropped: the units of the n-gram measures."""
-    return _WORD.findall(text.lower())
-
-
-def ngrams(items: Sequence[str], n: int) -> list[tuple[str, ...]]:
-    return [tuple(items[i : i + n]) for i in range(len(items) - n + 1)]
-
-
-def distinct_n(texts: Iterable[str], n: int) -> float | None:
-    """Unique word n-grams / all word n-grams, pooled over `texts`: 1 means no n-gram ever repeats."""
-    counts = Counter(gram for text in texts for gram in ngrams(words(text), n))
-    total = sum(counts.values())
-    return len(counts) / total if total else None
-
-
-def repetition_rate(text: str, n: int = 4) -> float | None:
-    """Share of the word n-grams of one text that repeat an earlier n-gram of the same text (0 = no loops)."""
-    grams = ngrams(words(text), n)
-    return 1 - len(set(grams)) / len(grams) if grams else None
-
-
-def _mean(values: Iterable[float | None]) -> float | None:
-    values = [value for value in values if value is not None]
-    return sum(values) / len(values) if values else None
-
-
-def story_quality(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence[str] = QUALITY_PROMPTS,
-    settings: GenerationSettings = QUALITY_SETTINGS,
-) -> dict:
-    """Sample stories from `prompts` (seeded) and measure them; returns the measures, settings and samples.
-
-    Measures, on the generated continuations (the prompts excluded):
-    `ended_with_eos` (share of stories the model finished itself, rather than the token limit),
-    `mean_new_tokens`, `mean_words`, `repetition_4` (mean share of repeated word 4-grams within a story),
-    `distinct_1/2/3` (unique / total word n-grams over all stories).
-    """
-    samples = []
-    for prompt in prompts:
-        for ids in generate_ids(model, tokenizer, prompt, settings):
-            continuation = tokenizer.decode(ids, skip_special_tokens=True)
-            samples.append({
-                "prompt": prompt,
-                "text": prompt + continuation,
-                "new_tokens": len(ids),
-                "ended_with_eos": bool(ids) and ids[-1] == tokenizer.eos_token_id,
-                "continuation": continuation,
-            })
-    continuations = [sample.pop("continuation") for sample in samples]
-    return {
-        "settings": settings.to_dict(),
-        "stories": len(samples),
-        "ended_with_eos": _mean(float(sample["ended_with_eos"]) for sample in samples),
-        "mean_new_tokens": _mean(sample["new_tokens"] for sample in samples),
-        "mean_words": _mean(len(words(text)) for text in continuations),
-        "repetition_4": _mean(repetition_rate(text, 4) for text in continuations),
-        "distinct_1": distinct_n(continuations, 1),
-        "distinct_2": distinct_n(continuations, 2),
-        "distinct_3": distinct_n(continuations, 3),
-        "samples": samples,
-    }
 
 
 # ------------------------------------------------------------------------------------------------ the report
@@ -417,7 +338,7 @@ def evaluate(
         source = {"data": str(data), "kind": "data_folder", "split": "val",
                   "windowing": "non-overlapping windows of the context from token 0"}
     else:
-        stories = read_stories(data, max_stories)
+        stories = read_story_file(data, max_stories)
         report = evaluate_texts(model, tokenizer, stories, batch_size=batch_size, progress=progress)
         source = {"data": str(data), "kind": "text", "stories": len(stories),
                   "windowing": "each story on its own after <|endoftext|>; longer ones in windows half a context apart"}

@@ -36,6 +36,7 @@ from huggingface_hub.utils import filter_repo_objects
 from huggingface_hub.utils._paths import DEFAULT_IGNORE_PATTERNS
 
 from .errors import SLMError
+from .exporting.to_llama import export_llama
 from .model_card import check_model_card, render_model_card, write_model_card
 
 # Files a Hub user needs to load and run the model with transformers alone (the weights are checked apart:
@@ -254,8 +255,6 @@ def _prepare_upload(folder: Path, scratch: Path, repo_id: str, format: str, rend
     card; for `slm`, `folder` itself, with the card re-rendered into it (a real push) or beside it in `scratch`
     (a dry run, which writes nothing into `folder`)."""
     if format == "llama":
-        from .exporting.to_llama import export_llama
-
         upload_dir = export_llama(folder, scratch / "llama", write_card=False)
         return upload_dir, write_model_card(upload_dir, repo_id=repo_id)
     if not render_card:

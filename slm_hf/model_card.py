@@ -29,8 +29,8 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from .atomic_files import atomic_path
 from .configuration_slm import SLMConfig
 from .errors import SLMError
-from .evaluation import QUALITY_PROMPTS, QUALITY_SETTINGS
-from .generation import GenerationSettings
+from .generation import GenerationSettings, generate_ids, load_pretrained
+from .story_quality import QUALITY_PROMPTS, QUALITY_SETTINGS
 
 LICENSE = "apache-2.0"
 LICENSE_NAME = "Apache 2.0"
@@ -73,7 +73,7 @@ def write_model_card(
         model_dir: a Hub-ready model folder (a training run's `final/` or `best/`).
         repo_id: the Hub repository the card's examples load from; default `your-username/<model name>`.
         model_name: the title and model-index name; default the repo id's name, else the run's folder name.
-        num_samples: sample stories to generate for the card (0 for none), from `evaluation.QUALITY_PROMPTS`.
+        num_samples: sample stories to generate for the card (0 for none), from `story_quality.QUALITY_PROMPTS`.
     """
     model_dir = Path(model_dir)
     card = render_model_card(model_dir, repo_id=repo_id, model_name=model_name, num_samples=num_samples)
@@ -232,8 +232,6 @@ def _read_json(path: Path, required: bool) -> dict[str, Any] | None:
 def _samples_and_parameters(model_dir: Path, num_samples: int,
                             settings: GenerationSettings) -> tuple[list[dict], int]:
     """Stories sampled from the folder's model (prompt, continuation, ended), and its parameter count."""
-    from .generation import generate_ids, load_pretrained
-
     model, tokenizer = load_pretrained(model_dir, device="cpu")
     parameters = sum(parameter.numel() for parameter in model.parameters())
     samples = []
@@ -320,21 +318,32 @@ def _dropout(config: dict):
     return f"{residual} (embeddings, residual branches), {attention} (attention probabilities)"
 
 
+def _tokens_per_step(batch: dict | None, train: dict, processes: int) -> str | None:
+    """From the batch shape training recorded (training_results.json's `batch`); results written before it was
+    recorded give the config's shape."""
+    if batch is None:
+        keys = ("batch_size", "block_size", "gradient_accumulation_steps")
+        if not all(isinstance(train.get(key), int) for key in keys):
+            return None
+        micro_batches = train["gradient_accumulation_steps"] * processes
+        batch = {"micro_batch_size": train["batch_size"], "block_size": train["block_size"], "processes": processes,
+                 "micro_batches_per_step": micro_batches,
+                 "tokens_per_step": train["batch_size"] * train["block_size"] * micro_batches}
+    return (f"{batch['tokens_per_step']:,} = {batch['micro_batch_size']} windows x {batch['block_size']} tokens x "
+            f"{batch['micro_batches_per_step'] // batch['processes']} accumulation step(s) x "
+            f"{batch['processes']} process(es)")
+
+
 def _training_section(results: dict | None, dataset: TrainingDataset) -> dict | None:
     if not results:
         return None
     train = results.get("config") or {}
     data = results.get("data") or {}
     processes = results.get("num_processes") or 1
-    tokens_per_step = None
-    if all(isinstance(train.get(key), int) for key in ("batch_size", "block_size", "gradient_accumulation_steps")):
-        tokens_per_step = train["batch_size"] * train["block_size"] * train["gradient_accumulation_steps"] * processes
     rows = [
         ("Steps (optimizer updates)", _integer(results.get("step"))),
         ("Tokens seen", _integer(results.get("tokens"))),
-        ("Tokens per step", None if tokens_per_step is None else
-            f"{tokens_per_step:,} = {train['batch_size']} windows x {train['block_size']} tokens x "
-            f"{train['gradient_accumulation_steps']} accumulation step(s) x {processes} process(es)"),
+        ("Tokens per step", _tokens_per_step(results.get("batch"), train, processes)),
         ("Training loss (at the end)", _number(results.get("train/loss"), 4)),
         ("Learning rate", _learning_rate(train)),
         ("Optimizer", None if "betas" not in train else

@@ -6,6 +6,12 @@ backbone + language-model head).
 
 This file is copied next to the weights by ``save_pretrained`` (remote code), so it imports only torch,
 transformers and its sibling ``configuration_slm``: never ``slm_hf`` itself.
+
+What lives here is what a user of the Hub repository needs without ``slm_hf`` (the Space loads the model as remote
+code): the architecture, its loss and its generation hooks. So the chunked cross-entropy (``causal_lm_loss``, the
+model's own loss, also when fine-tuned elsewhere) and the int8 inference copy (``quantize_int8``, how the Space
+generates fast on a CPU) stay here. How to train, the CPU precision policy included (bf16 compute weights with fp32
+master weights), is slm_hf's business: slm_hf/training/precision.py.
 """
 
 from collections.abc import Callable
@@ -169,9 +175,7 @@ class SLMAttention(nn.Module):
         ):
             # PyTorch's CPU SDPA kernel is slower in 16 bits than in fp32 (in training and decoding alike): attend in
             # fp32, and cache the keys and values in fp32 too, so that only the new ones are converted. Eager
-            # attention is the other way round: its plain bf16 matrix products over whole sequences are 2.4x faster
-            # than fp32 SDPA (forward + backward, one layer of the cpu-demo shape), which is why CPU training in bf16
-            # runs it (`slm_hf.training.MasterWeights`).
+            # attention is left in 16 bits: its plain matrix products over whole sequences are fast in bf16.
             query, key, value = query.float(), key.float(), value.float()
 
         if cache is not None:
@@ -224,7 +228,7 @@ class ChunkedCrossEntropy(torch.autograd.Function):
     hundred rows at a time, so that no fp32 copy of the logits, no log-softmax of them and no zero-filled gradient
     of their size is ever made: the forward pass keeps one log-sum-exp per row; the backward pass writes
     `softmax - one_hot` straight into a gradient of the logits' own dtype. The head's logits are the largest tensor
-    a small model makes (tokens x vocabulary): on a CPU this is about 3.5x faster than the usual loss.
+    a small model makes (tokens x vocabulary): on a CPU this is several times faster than the usual loss.
     """
 
     @staticmethod
@@ -268,8 +272,8 @@ def causal_lm_loss(
     are not), computed by `ChunkedCrossEntropy`, `chunk` rows at a time.
 
     By default 256 rows on a CPU (they stay in its caches) and 64M logits elsewhere: a GPU wants few, large kernels,
-    and its kernel launches, not its memory, are what many small chunks would cost. Under `torch.compile` (the
-    training's `compile=true` compiles this function) it is plain `F.cross_entropy` of the fp32 logits instead: the
+    and its kernel launches, not its memory, are what many small chunks would cost. Under `torch.compile` (when a
+    caller compiles this function) it is plain `F.cross_entropy` of the fp32 logits instead: the
     compiler fuses the cast, the log-softmax and its gradient into one pass over the logits each way.
     """
     if shift_labels is None:

@@ -58,7 +58,7 @@ def train_tokenizer(
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    # trim_offsets=False keeps character offsets exact; nothing is added to encoded text (EOS is appended by data.py).
+    # trim_offsets=False keeps character offsets exact; nothing is added to encoded text (slm_hf.data appends EOS).
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

@@ -22,7 +22,7 @@ import inspect
 import re
 import types
 import typing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -220,13 +220,27 @@ class TrainingConfig:
             config = SLMConfig.from_preset(self.model["preset"], **{**overrides, **from_data})
         except ValueError as error:  # SLMConfig's own validation (e.g. hidden size not divisible by heads)
             raise SLMError(f"invalid model config: {error}") from error
-        block_size = self.block_size or config.max_position_embeddings
-        if block_size > config.max_position_embeddings:
+        self.block_size_for(config)
+        return config
+
+    def block_size_for(self, model_config: SLMConfig) -> int:
+        """The training windows' length: `block_size`, or the model's max_position_embeddings when it is unset (the
+        one place it is resolved); a block_size longer than the model's positions is refused."""
+        block_size = self.block_size or model_config.max_position_embeddings
+        if block_size > model_config.max_position_embeddings:
             raise SLMError(
                 f"block_size {block_size} is larger than the model's max_position_embeddings "
-                f"{config.max_position_embeddings}; lower block_size or set model.max_position_embeddings"
+                f"{model_config.max_position_embeddings}; lower block_size or set model.max_position_embeddings"
             )
-        return config
+        return block_size
+
+    def resolved(self, vocab_size: int, eos_token_id: int) -> tuple[TrainingConfig, SLMConfig]:
+        """This config as the run uses and saves it (block_size resolved, the model section pinning what the data
+        decided: vocabulary and special ids), and its SLMConfig."""
+        model_config = self.model_config(vocab_size, eos_token_id)
+        from_data = {key: getattr(model_config, key) for key in DATA_MODEL_KEYS}
+        resolved = replace(self, block_size=self.block_size_for(model_config), model={**self.model, **from_data})
+        return resolved, model_config
 
     # ---------------------------------------------------------------------------------------------- files
     def to_dict(self) -> dict[str, Any]:

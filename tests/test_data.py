@@ -10,7 +10,8 @@ import pytest
 from tokenizers import Tokenizer
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from slm_hf import data as data_module
+from slm_hf.data import stories as stories_module
+from slm_hf.data import tokenize as tokenize_module
 from slm_hf.data import load_tokens, prepare_data, read_meta, read_stories
 from slm_hf.errors import SLMError
 from slm_hf.tokenization import EOS_TOKEN, load_tokenizer, save_tokenizer, tokenizer_sha256, train_tokenizer
@@ -50,6 +51,15 @@ def prepare_script():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_the_script_has_one_flag_per_data_option(prepare_script):
+    """scripts/prepare_data.py spells DataOptions' fields as flags (it parses before importing slm_hf): the same set."""
+    from slm_hf.data.options import OPTION_NAMES
+
+    dests = {action.dest for action in prepare_script.build_parser()._actions}
+    assert set(OPTION_NAMES) <= dests
+    assert dests - set(OPTION_NAMES) == {"help", "source", "out", "num_proc", "overwrite", "no_progress"}
 
 
 # --- tokenizer --------------------------------------------------------------------------------------------------
@@ -103,7 +113,7 @@ def test_read_stories_handles_separators_bom_crlf_gzip_and_chunk_boundaries(tmp_
         file.write(raw.encode("utf-8"))
     assert read_stories(tmp_path / "s.txt.gz") == expected
     for chunk in (1, 3, 7, 13):  # separators and multi-byte characters cut across chunk boundaries
-        monkeypatch.setattr(data_module, "_READ_CHUNK", chunk)
+        monkeypatch.setattr(stories_module, "READ_CHUNK", chunk)
         assert read_stories(path) == expected, chunk
 
 
@@ -219,7 +229,7 @@ def test_datasets_code_path_on_local_data(layout, tmp_path, sample_stories, smal
 
 def test_worker_processes_give_the_same_tokens(tmp_path, small_tokenizer, monkeypatch):
     save_tokenizer(small_tokenizer, tmp_path / "tok")
-    monkeypatch.setattr(data_module, "_BATCH_STORIES", 16)  # several batches per worker
+    monkeypatch.setattr(tokenize_module, "BATCH_STORIES", 16)  # several batches per worker
     outs = {}
     for num_proc in (None, 1, 2):
         out = tmp_path / f"out{num_proc}"

@@ -15,17 +15,15 @@ import torch
 from share_fixtures import REPO, SAMPLE_VALID, data_folder, offline_env, trained_run
 from slm_hf.errors import SLMError
 from slm_hf.evaluation import (
-    distinct_n,
     evaluate_texts,
     evaluate_tokens,
     first_stories,
-    read_stories,
-    repetition_rate,
-    story_quality,
+    read_story_file,
     story_windows,
     token_byte_lengths,
 )
 from slm_hf.generation import GenerationSettings, encode_prompt, generate_ids, load_pretrained, stream_to_terminal
+from slm_hf.story_quality import distinct_n, repetition_rate, story_quality
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +43,7 @@ def loaded(run):
 
 @pytest.fixture(scope="module")
 def stories():
-    return read_stories(SAMPLE_VALID, max_stories=40)
+    return read_story_file(SAMPLE_VALID, max_stories=40)
 
 
 # ---------------------------------------------------------------------------------------------- bytes, windows
@@ -150,7 +148,7 @@ def test_bits_per_byte_agree_between_data_folder_and_raw_text(tmp_path, data_dir
     text_file.write_text("".join(story.replace("<|endoftext|>", "").strip() + "\n<|endoftext|>\n" for story in stories))
 
     packed = evaluate_data_folder(model, tokenizer, data_dir)
-    raw = evaluate_texts(model, tokenizer, read_stories(text_file))
+    raw = evaluate_texts(model, tokenizer, read_story_file(text_file))
     assert abs(packed.tokens / raw.tokens - 1) < 0.01 and abs(packed.bytes / raw.bytes - 1) < 0.01
     assert abs(packed.bits_per_byte / raw.bits_per_byte - 1) < 0.01
 
@@ -215,7 +213,7 @@ def _script(name, *args, stdin=None, env=None):
 
 def test_evaluate_script_reports_json_and_a_summary(run, tmp_path):
     text = tmp_path / "stories.jsonl"
-    text.write_text("".join(json.dumps({"text": s}) + "\n" for s in read_stories(SAMPLE_VALID, 5)))
+    text.write_text("".join(json.dumps({"text": s}) + "\n" for s in read_story_file(SAMPLE_VALID, 5)))
     report_file = tmp_path / "eval.json"
     done = _script("evaluate.py", "--model", run / "final", "--data", text, "--json", report_file)
     assert done.returncode == 0, done.stderr

@@ -25,9 +25,11 @@ from slm_hf.data import load_tokens, prepare_data, read_meta
 from slm_hf.errors import SLMError
 from slm_hf.training import (
     MANIFEST_FILE,
+    BatchShape,
     LossScaleWatch,
     Schedule,
     TokenWindows,
+    TrainingState,
     checkpoint_problem,
     latest_checkpoint,
     list_checkpoints,
@@ -150,6 +152,14 @@ def test_warmup_stable_decay_holds_the_peak_then_decays_linearly_over_the_last_f
     assert schedule.lr(100) == pytest.approx(1e-3) and schedule.lr(200) == pytest.approx(1e-4)
 
 
+def test_a_state_saved_before_the_batch_shape_was_recorded_gets_it_from_its_counts_and_config():
+    saved = {"step": 20, "micro_batches_per_step": 4, "num_processes": 2, "precision": "no", "best_val_loss": None}
+    state = TrainingState.from_json(saved, micro_batch_size=8, block_size=64)
+    assert state.batch == BatchShape(micro_batch_size=8, micro_batches_per_step=4, processes=2, block_size=64)
+    assert state.batch.accumulation == 2 and state.batch.tokens_per_step == 4 * 8 * 64
+    assert state.best_val_loss == math.inf and TrainingState.from_json(state.to_json(), 1, 1) == state
+
+
 def test_story_windows_open_with_a_story_start(data_dir):
     eos = read_meta(data_dir)["eos_token_id"]
     tokens = load_tokens(data_dir, "train")
@@ -215,6 +225,10 @@ def test_final_folder_is_hub_ready_loads_and_generates(reference):
     assert (reference / "final" / "loss_curve.png").is_file() and (reference / "loss_curve.png").is_file()
     results = json.loads((reference / "final" / "training_results.json").read_text())
     assert results["step"] == 200 and results["tokens"] == 200 * 2 * 8 * 64 and results["num_processes"] == 1
+    shape = {"micro_batch_size": 8, "micro_batches_per_step": 2, "processes": 1, "block_size": 64,
+             "tokens_per_step": 2 * 8 * 64}
+    assert results["batch"] == shape
+    assert json.loads((list_checkpoints(reference)[-1] / "training_state.json").read_text())["batch"] == shape
     assert results["val/loss"] == pytest.approx(val[200])
     bits_per_byte = val[200] / math.log(2) / results["data"]["val_bytes_per_token"]
     assert results["val/bits_per_byte"] == pytest.approx(bits_per_byte)

@@ -28,8 +28,16 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import save_file
+
 from ..atomic_files import check_can_create
+from ..configuration_slm import SLMConfig
 from ..errors import SLMError
+from ..generation import quiet_progress_bars
+from ..model_card import default_model_name, write_model_card
+from ..modeling_slm import SLMForCausalLM
 
 # What a Llama cannot express: (field, the value a Llama needs, what the model uses instead).
 _LLAMA_REQUIREMENTS = (
@@ -76,8 +84,6 @@ def import_export_dependency(package: str, target: str):
 def check_llama_compatible(config: dict[str, Any], target: str = "llama") -> None:
     """Raise `SLMError` (one line) when the SLM `config` uses something that a Llama, hence `target`, cannot
     express."""
-    from ..configuration_slm import SLMConfig
-
     defaults = SLMConfig()
     problems = []
     for key, expected, description in _LLAMA_REQUIREMENTS:
@@ -163,13 +169,6 @@ def llama_state_dict(slm_state_dict: dict, config: dict[str, Any]) -> dict:
 
 def load_slm_weights(model_dir: str | os.PathLike) -> dict:
     """The state dict of the SLM model in `model_dir`, fp32 on the CPU (sharded folders included)."""
-    import torch
-
-    from ..generation import quiet_progress_bars
-    from ..modeling_slm import SLMForCausalLM
-
-    from safetensors import SafetensorError
-
     try:
         with quiet_progress_bars():
             model = SLMForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
@@ -244,8 +243,6 @@ def export_llama(
         SLMError: `model_dir` is not an SLM model folder, the model is not Llama-compatible, or `out_dir` exists
             and is not empty (without `overwrite`).
     """
-    from safetensors.torch import save_file
-
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     config = read_slm_config(model_dir)
     check_llama_compatible(config)
@@ -262,8 +259,6 @@ def export_llama(
             if (model_dir / name).is_file():
                 shutil.copy2(model_dir / name, staging / name)
         if write_card:
-            from ..model_card import write_model_card
-
             write_model_card(staging, model_name=_export_name(model_dir))
         _move_into_place(staging, out_dir)
     finally:
@@ -272,8 +267,6 @@ def export_llama(
 
 
 def _export_name(model_dir: Path) -> str:
-    from ..model_card import default_model_name
-
     return default_model_name(model_dir) + "-llama"
 
 

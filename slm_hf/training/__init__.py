@@ -1,0 +1,57 @@
+"""Training: a hand-written Accelerate loop, from a config file to Hub-ready model folders.
+
+    accelerate launch scripts/train.py --config configs/cpu-demo.yaml --data data/sample --out runs/cpu-demo
+    python scripts/train.py --config configs/tiny.yaml --data data/sample learning_rate=1e-3   # 1 process
+
+No `transformers.Trainer`: every step is here, one module per job. Reading order:
+
+- `run`: `train()`, which checks the inputs and decides the run (data, processes, precision, resume), then
+- `start`: builds the Accelerator, the batch shape, the model, optimizer and data, and the state to go on from,
+- `loop`: the loop itself, top to bottom, then the model folders.
+
+What they use: `state` (the batch shape, what checkpoints persist, what the loop changes), `optim` (schedule,
+optimizer, one update), `batches` (training windows), `precision` (its choice, master weights), `compiling`,
+`evals` (evaluation during training), `budget` (max_minutes), `checkpoints`, `outputs` (the run's folder, the
+exported model folders, training_results.json), `metrics` (metrics.jsonl, the loss curve), `signals` (SIGINT /
+SIGTERM), `folders` (kill-safe folder operations, full disks). See docs/architecture.md.
+
+Several processes (DDP, FSDP, DeepSpeed, several machines) run the same code: see docs/training.md.
+"""
+
+import logging
+
+from .batches import TokenWindows
+from .checkpoints import MANIFEST_FILE, STATE_FILE, checkpoint_problem, latest_checkpoint, list_checkpoints
+from .compiling import compile_layers_and_loss, missing_compiler
+from .metrics import plot_loss_curve
+from .optim import MuonWithAdamW, Schedule, build_optimizer, optimizer_step
+from .precision import LossScaleWatch, MasterWeights, Precision, resolve_precision
+from .run import train
+from .state import BatchShape, TrainingOutcome, TrainingState
+
+# save_state warns at every checkpoint that the tied lm_head.weight is not stored: expected, it is reloaded tied.
+logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
+
+__all__ = [
+    "MANIFEST_FILE",
+    "STATE_FILE",
+    "BatchShape",
+    "LossScaleWatch",
+    "MasterWeights",
+    "MuonWithAdamW",
+    "Precision",
+    "Schedule",
+    "TokenWindows",
+    "TrainingOutcome",
+    "TrainingState",
+    "build_optimizer",
+    "checkpoint_problem",
+    "compile_layers_and_loss",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "missing_compiler",
+    "optimizer_step",
+    "plot_loss_curve",
+    "resolve_precision",
+    "train",
+]
