@@ -114,10 +114,12 @@ class TrainingConfig:
     window_starts: str = "anywhere"
 
     # The optimizer: "adamw" for every parameter, or "muon": torch.optim.Muon (orthogonalised momentum) for the
-    # decoder layers' weight matrices, AdamW for embeddings, norms and the head, on the same learning rate
-    # (Muon's updates are scaled to AdamW's typical size).
+    # decoder layers' weight matrices, AdamW for embeddings, norms and the head. Muon's updates are scaled to the
+    # root-mean-square of AdamW's, then by `muon_lr_scale`: its learning rate is `muon_lr_scale x learning_rate`,
+    # on the same schedule.
     optimizer: str = "adamw"
     muon_momentum: float = 0.95
+    muon_lr_scale: float = 1.0
     # Linear warmup, then "cosine" decay to `min_lr` over the rest of the run, or "wsd" (warmup-stable-decay):
     # `learning_rate` until the last `decay_fraction` of the steps, then a linear decay to `min_lr`.
     learning_rate: float = 2e-3
@@ -198,6 +200,8 @@ class TrainingConfig:
                 raise SLMError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
         if not 0 < self.decay_fraction <= 1:
             raise SLMError(f"decay_fraction must be in (0, 1], got {self.decay_fraction!r}")
+        if not 0 < self.muon_lr_scale < float("inf"):
+            raise SLMError(f"muon_lr_scale must be a positive number, got {self.muon_lr_scale!r}")
         if not 0 <= self.muon_momentum < 1:
             raise SLMError(f"muon_momentum must be in [0, 1), got {self.muon_momentum!r}")
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from slm_hf import SLMConfig, SLMForCausalLM
 from slm_hf.data import load_tokens, prepare_data, read_meta
 from slm_hf.errors import SLMError
 from slm_hf.training import (
@@ -30,6 +31,7 @@ from slm_hf.training import (
     Schedule,
     TokenWindows,
     TrainingState,
+    build_optimizer,
     checkpoint_problem,
     latest_checkpoint,
     list_checkpoints,
@@ -188,8 +190,24 @@ def test_muon_with_wsd_and_story_windows_learns_and_resumes_exactly(data_dir, tm
     assert val[50] < math.log(512)
 
 
+@pytest.mark.parametrize("tied", [True, False])
+def test_muon_takes_the_decoder_matrices_and_adamw_the_rest(tied):
+    model = SLMForCausalLM(SLMConfig.from_preset("tiny", tie_word_embeddings=tied))
+    config = TrainingConfig.load(TINY, ["optimizer=muon", "muon_lr_scale=3"])
+    optimizer = build_optimizer(model, config)
+    in_muon = {id(p) for group in optimizer.muon.param_groups for p in group["params"]}
+    expected = {id(module.weight) for layer in model.model.layers for module in layer.modules()
+                if isinstance(module, torch.nn.Linear)}
+    assert in_muon == expected  # not the embeddings, the norms or the head, tied or not
+    in_adamw = {id(p) for group in optimizer.adamw.param_groups for p in group["params"]}
+    assert in_adamw | in_muon == {id(p) for p in model.parameters()} and not in_adamw & in_muon
+    assert [group["lr"] for group in optimizer.muon.param_groups] == [3 * config.learning_rate]
+    assert {group["lr"] for group in optimizer.adamw.param_groups} == {config.learning_rate}
+
+
 @pytest.mark.parametrize(
-    "override", ["optimizer=sgd", "lr_schedule=linear", "window_starts=middle", "decay_fraction=0", "muon_momentum=1"]
+    "override", ["optimizer=sgd", "lr_schedule=linear", "window_starts=middle", "decay_fraction=0", "muon_momentum=1",
+                 "muon_lr_scale=0"]
 )
 def test_recipe_choices_are_checked_on_construction(override):
     with pytest.raises(SLMError, match=override.split("=")[0]):

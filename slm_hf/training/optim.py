@@ -57,14 +57,17 @@ def build_optimizer(model: torch.nn.Module, config: TrainingConfig) -> torch.opt
     says `decay_all_parameters` (as the reference tutorial does). Fused kernels where PyTorch has them.
 
     With `optimizer: muon`, the weight matrices of the decoder layers go to `torch.optim.Muon` instead (its updates
-    scaled to AdamW's root-mean-square, "match_rms_adamw", so both share the learning rate and its schedule)."""
+    scaled to AdamW's root-mean-square, "match_rms_adamw", at `muon_lr_scale` times the learning rate, on the same
+    schedule); the output head, tied or not, stays with AdamW."""
     embeddings = {id(module.weight) for module in model.modules() if isinstance(module, torch.nn.Embedding)}
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    not_hidden = embeddings | ({id(head.weight)} if head is not None else set())
     hidden_matrices = set()
     if config.optimizer == "muon":
         hidden_matrices = {
             id(module.weight)
             for module in model.modules()
-            if isinstance(module, torch.nn.Linear) and id(module.weight) not in embeddings
+            if isinstance(module, torch.nn.Linear) and id(module.weight) not in not_hidden
         }
     decay, no_decay, orthogonalised = [], [], []
     for parameter in model.parameters():  # each tied parameter once
@@ -88,7 +91,7 @@ def build_optimizer(model: torch.nn.Module, config: TrainingConfig) -> torch.opt
         return adamw
     muon = torch.optim.Muon(
         orthogonalised,
-        lr=config.learning_rate,
+        lr=config.learning_rate * config.muon_lr_scale,
         weight_decay=config.weight_decay,
         momentum=config.muon_momentum,
         adjust_lr_fn="match_rms_adamw",
