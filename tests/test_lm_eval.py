@@ -17,7 +17,7 @@ from share_fixtures import REPO, SAMPLE_VALID, offline_env, trained_run
 pytest.importorskip("lm_eval")
 
 MARKER = "<!-- lm-eval: tests/test_lm_eval.py runs this command -->"
-MAX_STORIES = 40
+MAX_STORIES = 16
 
 
 def _readme_command() -> list[str]:
@@ -35,7 +35,7 @@ def test_lm_eval_bits_per_byte_equal_evaluate_py(tmp_path_factory, tmp_path, run
     command = [str(lm_eval) if lm_eval.exists() else "lm_eval"] + [
         word.replace("runs/cpu-demo/final", str(model)) for word in command[1:]
     ] + [
-        "--metadata", json.dumps({"max_stories": MAX_STORIES}),  # the shipped stories, the first 40
+        "--metadata", json.dumps({"max_stories": MAX_STORIES}),  # the shipped stories, the first 16
         "--batch_size", "8",
         "--device", "cpu",
         "--output_path", str(tmp_path / "lm_eval"),
