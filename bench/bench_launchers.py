@@ -15,7 +15,6 @@ script's `--help` and of `import slm_hf`.
 import argparse
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -23,6 +22,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from machine import cpu_model
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -108,8 +109,7 @@ def main() -> None:
     startup["from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PreTrainedModel"] = round(
         statistics.median(timed([sys.executable, "-c", "from transformers import AutoConfig, AutoModel, "
                                  "AutoModelForCausalLM, PreTrainedModel"]) for _ in range(3)), 2)
-    cpu = next((line.split(":", 1)[1].strip() for line in subprocess.run(["lscpu"], capture_output=True,
-                text=True).stdout.splitlines() if line.startswith("Model name")), platform.processor())
+    cpu = cpu_model()
     report = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu": cpu, "cores": os.cpu_count(), "steps": args.steps,
               "batch_size": args.batch_size,
               "repeats": args.repeats, "launchers": table, "runs": runs, "startup_s": startup}

@@ -54,7 +54,7 @@ import torch  # noqa: E402
 from machine import describe  # noqa: E402
 from peers import build_llama  # noqa: E402
 
-from slm_hf.atomic_files import atomic_path, write_json  # noqa: E402
+from slm_hf.atomic_files import write_json  # noqa: E402
 from slm_hf.data import prepare_data, read_meta  # noqa: E402
 from command_line import exit_on_error  # noqa: E402
 
@@ -62,6 +62,7 @@ from slm_hf.errors import SLMError  # noqa: E402
 from slm_hf.evaluation import evaluate_data_folder  # noqa: E402
 from slm_hf.generation import load_pretrained  # noqa: E402
 from slm_hf.training import train  # noqa: E402
+from slm_hf.training.metrics import save_figure  # noqa: E402
 from slm_hf.training_config import TrainingConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -303,13 +304,7 @@ def plot(results: dict, recipes: list[str], budgets: list[Budget], path: Path) -
     axes.set_xlabel("training minutes (wall clock, this machine)")
     axes.set_ylabel("validation bits per byte")
     axes.set_title("Quality per minute of compute (thin: validation during each run)", fontsize=10)
-    axes.grid(alpha=0.3)
-    axes.legend()
-    figure.tight_layout()
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png")
-    plt.close(figure)
-    return path
+    return save_figure(figure, axes, path)
 
 
 # ----------------------------------------------------------------------------------------------- main

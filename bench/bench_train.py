@@ -18,7 +18,6 @@ FLOP utilisation against the bf16 matrix-product peak measured here.
 
 import argparse
 import json
-import platform
 import resource
 import statistics
 import subprocess
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import cpu_model
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "cpu-demo.yaml"
@@ -151,7 +151,7 @@ def main():
     print(
         f"# training step, cpu-demo shape: width {model_config.hidden_size}, {model_config.num_hidden_layers} "
         f"layers, vocab {model_config.vocab_size}, batch {config.batch_size} x {config.block_size}; "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu_model()}"
     )
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     print(f"# matrix-product peak (2048^3): fp32 {peaks['fp32'] / 1e12:.2f} TFLOP/s, bf16 {peaks['bf16'] / 1e12:.2f}")

@@ -8,8 +8,6 @@ import platform
 import subprocess
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -34,4 +32,6 @@ def commit() -> str | None:
 
 def describe() -> dict:
     """The machine facts a results file records beside its figures."""
+    import torch  # here, not at the top: bench_launchers times start-ups and imports no torch itself
+
     return {"cpu": cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__, "commit": commit()}

@@ -107,6 +107,13 @@ def plot_loss_curve(records: list[dict[str, Any]], path: Path) -> Path:
         axes.plot(*zip(*val), color="tab:orange", marker=".", label="validation")
     axes.set_xlabel("tokens seen")
     axes.set_ylabel("cross-entropy loss (nats per token)")
+    return save_figure(figure, axes, path)
+
+
+def save_figure(figure, axes, path: Path) -> Path:
+    """Finish a one-axes plot (grid, legend) and write it to `path` as a PNG, atomically; the figure is closed."""
+    import matplotlib.pyplot as plt
+
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
