@@ -27,7 +27,7 @@ demo: setup
 test: setup
 	bash scripts/install_browser.sh
 	bash scripts/install_web.sh
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --numprocesses auto --dist loadfile
 
 clean:
 	rm -rf $(VENV) data/sample runs/cpu-demo
