@@ -206,6 +206,24 @@ def test_muon_takes_the_decoder_matrices_and_adamw_the_rest(tied):
     assert {group["lr"] for group in optimizer.adamw.param_groups} == {config.learning_rate}
 
 
+def test_muon_and_adamw_follow_the_schedule_after_accelerate_prepares_and_a_resume_loads_them():
+    """Accelerate's `prepare` and a resume load the optimizer's state dict: the learning rate the scheduler sets must
+    still reach both optimizers (it once stayed at the first warmup step's, and Muon runs barely learned)."""
+    from accelerate import Accelerator
+
+    model = SLMForCausalLM(SLMConfig.from_preset("tiny"))
+    config = TrainingConfig.load(TINY, ["optimizer=muon", "muon_lr_scale=3"])
+    optimizer = build_optimizer(model, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda done: (done + 1) / 10)
+    model, prepared, scheduler = Accelerator(cpu=True).prepare(model, optimizer, scheduler)
+    optimizer.load_state_dict(optimizer.state_dict())  # as a resume does
+    for done in range(1, 4):
+        scheduler.step()
+        rates = [group["lr"] for group in optimizer.muon.param_groups + optimizer.adamw.param_groups]
+        assert rates == pytest.approx([r * (done + 1) / 10 for r in [3 * config.learning_rate,
+                                                                      config.learning_rate, config.learning_rate]])
+
+
 @pytest.mark.parametrize(
     "override", ["optimizer=sgd", "lr_schedule=linear", "window_starts=middle", "decay_fraction=0", "muon_momentum=1",
                  "muon_lr_scale=0"]

@@ -125,8 +125,11 @@ class MuonWithAdamW(torch.optim.Optimizer):
         return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # torch's load_state_dict gives each optimizer new group dicts: point ours at them, or a scheduler would set
+        # the learning rate of dicts no optimizer reads any more (Accelerate's `prepare` loads a state dict too).
         self.muon.load_state_dict(state_dict["muon"])
         self.adamw.load_state_dict(state_dict["adamw"])
+        self.param_groups[:] = self.muon.param_groups + self.adamw.param_groups
 
 
 def optimizer_step(
