@@ -11,9 +11,9 @@ Recipes (`--recipes`):
     ours     configs/cpu-demo.yaml: our best recipe (for the README's 10 minutes)
     ours-dropout  the same with dropout 0.1 on the embeddings and residual branches (none on the attention
              probabilities): for longer budgets, which pass over the 2.5M training tokens many times
-    llama    transformers' LlamaForCausalLM (bench/peers.py) trained by our loop with a plain recipe, pinned here:
-             width 288, 6 layers, 6 heads, intermediate 768, context 256, batch 16 x 256, AdamW 2e-3 cosine to 2e-4,
-             warmup 100, weight decay 0.1, clip 1.0, bf16
+    llama    transformers' LlamaForCausalLM (bench/peers.py) of ours' shape (width, depth, heads, intermediate,
+             vocabulary and context of cpu-demo.yaml) trained by our loop with a plain recipe, pinned here:
+             batch 16 x 256, AdamW 2e-3 cosine to 2e-4, warmup 100, weight decay 0.1, clip 1.0, bf16, eager
 
 Data: the shared TinyStories text (train.txt for training, valid.txt for validation only) prepared once with
 `slm_hf.data.prepare_data` into OUT/data (a 4096-token BPE trained on train.txt), reused on later runs.
@@ -74,22 +74,26 @@ UNBOUNDED_STEPS = 1_000_000  # the time budget decides
 
 # The plain Llama recipe, pinned here (not read from cpu-demo.yaml, which is being tuned): a sane default a user
 # would start from. Monitoring settings (eval_interval, eval_iters, sample_tokens, ...) follow cpu-demo.yaml.
-LLAMA_MODEL = {
-    "preset": "small",
-    "hidden_size": 288,
-    "num_hidden_layers": 6,
-    "num_attention_heads": 6,
-    "num_key_value_heads": 6,
-    "intermediate_size": 768,
-    "max_position_embeddings": 256,
-    "dropout": 0.0,
-}
+# The model keys that make a shape: the llama recipe takes these from cpu-demo.yaml, so it always has ours' shape.
+SHAPE_KEYS = (
+    "preset",
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+)
 LLAMA_RECIPE = dict(
     batch_size=16,
     block_size=256,
     gradient_accumulation_steps=1,
+    optimizer="adamw",
+    window_starts="anywhere",
     learning_rate=2e-3,
     min_lr=2e-4,
+    lr_schedule="cosine",  # pinned: before 2026-12-04 this recipe took cpu-demo's schedule (wsd since 2026-12-03)
     warmup_steps=100,
     warmup_start_factor=0.0,
     weight_decay=0.1,
@@ -152,7 +156,8 @@ def recipe_config(recipe: str, budget: Budget, overrides: tuple[str, ...] = ()) 
     if recipe == "ours-dropout":  # for budgets that pass over the 2.5M training tokens many times
         return replace(config, model={**config.model, "dropout": 0.1, "attention_dropout": 0.0}), None
     if recipe == "llama":
-        return replace(config, model=dict(LLAMA_MODEL), **LLAMA_RECIPE), build_llama
+        shape = {key: value for key, value in config.model.items() if key in SHAPE_KEYS}
+        return replace(config, model={**shape, "dropout": 0.0}, **LLAMA_RECIPE), build_llama
     raise ValueError(f"unknown recipe {recipe!r}")
 
 
