@@ -2,7 +2,8 @@
 same shape, both driven by the training loop's own step (`slm_hf.training.optimizer_step`: forward, backward,
 gradient clipping, fused AdamW with the loop's parameter groups), in the same run.
 
-The shape is the `cpu-demo` preset's (configs/cpu-demo.yaml: width 288, 6 layers, 6 heads, intermediate 768,
+The shape is the `cpu-demo` config's (configs/cpu-demo.yaml: since 2026-12-04 width 256, 3 layers, 4 heads,
+intermediate 704; the figures in BENCHMARKS.md measured before that: width 288, 6 layers, 6 heads, intermediate 768;
 vocabulary 4096, context 256, batch 16), in each precision of PRECISIONS below: fp32, Accelerate's bf16 autocast
 (with the default SDPA attention, and with eager attention) and the loop's own bf16 on a CPU (a bf16 model with
 fp32 master weights), every one applied to both models alike. Each (model, precision) pair runs in its
