@@ -55,6 +55,7 @@ from machine import describe  # noqa: E402
 from peers import build_llama  # noqa: E402
 
 from slm_hf.atomic_files import write_json  # noqa: E402
+from slm_hf.configuration_slm import SHAPE_FIELDS  # noqa: E402
 from slm_hf.data import prepare_data, read_meta  # noqa: E402
 from command_line import exit_on_error  # noqa: E402
 
@@ -73,18 +74,8 @@ VOCAB_SIZE = 4096
 UNBOUNDED_STEPS = 1_000_000  # the time budget decides
 
 # The plain Llama recipe, pinned here (not read from cpu-demo.yaml, which is being tuned): a sane default a user
-# would start from. Monitoring settings (eval_interval, eval_iters, sample_tokens, ...) follow cpu-demo.yaml.
-# The model keys that make a shape: the llama recipe takes these from cpu-demo.yaml, so it always has ours' shape.
-SHAPE_KEYS = (
-    "preset",
-    "vocab_size",
-    "hidden_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "num_key_value_heads",
-    "intermediate_size",
-    "max_position_embeddings",
-)
+# would start from. Its model has ours' shape (`recipe_config`); monitoring settings (eval_interval, eval_iters,
+# sample_tokens, ...) follow cpu-demo.yaml.
 LLAMA_RECIPE = dict(
     batch_size=16,
     block_size=256,
@@ -156,7 +147,8 @@ def recipe_config(recipe: str, budget: Budget, overrides: tuple[str, ...] = ()) 
     if recipe == "ours-dropout":  # for budgets that pass over the 2.5M training tokens many times
         return replace(config, model={**config.model, "dropout": 0.1, "attention_dropout": 0.0}), None
     if recipe == "llama":
-        shape = {key: value for key, value in config.model.items() if key in SHAPE_KEYS}
+        # the plain recipe at ours' shape: cpu-demo.yaml's preset and its shape fields, nothing else of its model
+        shape = {key: value for key, value in config.model.items() if key == "preset" or key in SHAPE_FIELDS}
         return replace(config, model={**shape, "dropout": 0.0}, **LLAMA_RECIPE), build_llama
     raise ValueError(f"unknown recipe {recipe!r}")
 

@@ -21,6 +21,17 @@ POSITION_EMBEDDING_TYPES = ("rope", "learned")
 NORM_TYPES = ("rmsnorm", "layernorm")
 MLP_TYPES = ("swiglu", "gelu", "relu2")
 
+# The positive integers that fix a model's shape: its sizes, and so its parameter count and its arithmetic.
+SHAPE_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+)
+
 # Named architectures. `SLMConfig.from_preset(name, **overrides)` builds one; unknown names list these.
 PRESETS = {
     # The reference tutorial's GPT-2-style model: 6 layers, 6 heads, width 384, context 128, GPT-2 vocabulary,
@@ -180,15 +191,7 @@ class SLMConfig(PretrainedConfig):
 
     def _validate(self):
         """Refuse configurations the model cannot be built from, naming the field and the rule."""
-        for name in (
-            "vocab_size",
-            "hidden_size",
-            "num_hidden_layers",
-            "num_attention_heads",
-            "num_key_value_heads",
-            "intermediate_size",
-            "max_position_embeddings",
-        ):
+        for name in SHAPE_FIELDS:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"SLMConfig.{name} must be a positive integer, got {value!r}")
