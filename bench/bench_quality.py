@@ -16,7 +16,8 @@ Recipes (`--recipes`):
              batch 16 x 256, AdamW 2e-3 cosine to 2e-4, warmup 100, weight decay 0.1, clip 1.0, bf16, eager
 
 Data: the shared TinyStories text (train.txt for training, valid.txt for validation only) prepared once with
-`slm_hf.data.prepare_data` into OUT/data (a 4096-token BPE trained on train.txt), reused on later runs.
+`slm_hf.data.prepare_data` into OUT/data (a BPE trained on train.txt: 4096 tokens, or `--vocab-size`), reused on later
+runs.
 
 Outputs, in OUT (default runs/bench-quality): runs/{recipe}-{budget}min/ (each a full training run), results.json
 (written after every run; a rerun skips the runs it already holds, so an interrupted benchmark resumes),
@@ -30,6 +31,7 @@ and a markdown table on stdout.
     python bench/bench_quality.py --report --budgets 10 30 60           # the tables and plot of the runs done
     OMP_NUM_THREADS=1 python bench/bench_quality.py --budgets 0.5 --out /tmp/bq    # a quick check
     python bench/bench_quality.py --steps 600 --recipes ours --tag muon --set optimizer=muon   # learning per token
+    python bench/bench_quality.py --budgets 10 --recipes ours --vocab-size 8192 --out runs/bench-quality-8192
 
 `--steps N` trains each run for N optimizer steps instead of N minutes: a comparison of learning per token that a
 busy machine cannot change (runs `{recipe}-{N}steps`; the seed recipe keeps its own batch). Minutes decide what a
@@ -98,7 +100,7 @@ LLAMA_RECIPE = dict(
 
 
 # ------------------------------------------------------------------------------------------------- data
-def prepare(shared_data: Path, out: Path) -> Path:
+def prepare(shared_data: Path, out: Path, vocab_size: int = VOCAB_SIZE) -> Path:
     """OUT/data from the shared text folder (train.txt -> train split, valid.txt -> validation split), reused if
     already there. Refuses a folder without a validation file: the split must be the shared validation stories."""
     for name in ("train.txt", "valid.txt"):
@@ -107,7 +109,7 @@ def prepare(shared_data: Path, out: Path) -> Path:
                            f"valid.txt (stories separated by <|endoftext|> lines)")
     # prepare_data reads a folder of .txt files by name: files named valid/validation/val/dev are the validation
     # split, the others the training split.
-    prepared = prepare_data(str(shared_data), out_dir=out / "data", vocab_size=VOCAB_SIZE)
+    prepared = prepare_data(str(shared_data), out_dir=out / "data", vocab_size=vocab_size)
     if not prepared.meta.get("validation", "").startswith("the source's validation split"):
         raise SLMError(f"{shared_data}: no validation file was recognised (expected valid.txt)")
     splits = prepared.meta["splits"]
@@ -317,6 +319,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                              "holds them")
     parser.add_argument("--report", action="store_true", help="train nothing: the tables and the plot of the "
                                                               "runs results.json holds")
+    parser.add_argument("--vocab-size", type=int, default=VOCAB_SIZE,
+                        help="size of the BPE trained on train.txt (default: %(default)s); an OUT folder holds one "
+                             "vocabulary, so compare another in another --out")
     parser.add_argument("--eval-batch-size", type=int, default=16, help="windows per forward pass when scoring")
     parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="key=value",
                         help="recipe search: override our recipes' config (cpu-demo.yaml); needs --tag")
@@ -339,9 +344,13 @@ def main(argv=None) -> None:
     logging.getLogger("slm_hf").setLevel(logging.INFO)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    data_dir = prepare(args.shared_data, out)
     results_path = out / "results.json"
     results = json.loads(results_path.read_text(encoding="utf-8")) if results_path.is_file() else {"runs": {}}
+    held = results.get("data", {}).get("vocab_size")
+    if results["runs"] and held not in (None, args.vocab_size):
+        raise SLMError(f"{out} holds runs on a vocabulary of {held:,} tokens, not {args.vocab_size:,}: choose "
+                       f"another --out for another vocabulary")
+    data_dir = prepare(args.shared_data, out, args.vocab_size)
     results["data"] = {key: read_meta(data_dir)[key] for key in ("source", "vocab_size", "splits", "validation")}
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads; results in {results_path}")
 
