@@ -110,7 +110,8 @@ class TrainingConfig:
     max_minutes: float | None = None
 
     # Where training windows start: "anywhere" in the token stream, or "stories": at an <|endoftext|>, so that
-    # every window opens with a story's beginning, as generation and evaluation do.
+    # every window opens with a story's beginning, as a generation from a prompt does (evaluation reads windows
+    # that start anywhere; BENCHMARKS.md measures "stories" 5% worse in 10 minutes of cpu-demo).
     window_starts: str = "anywhere"
 
     # The optimizer: "adamw" for every parameter, or "muon": torch.optim.Muon (orthogonalised momentum) for the
