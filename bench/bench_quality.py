@@ -100,7 +100,7 @@ LLAMA_RECIPE = dict(
 
 
 # ------------------------------------------------------------------------------------------------- data
-def prepare(shared_data: Path, out: Path, vocab_size: int = VOCAB_SIZE) -> Path:
+def prepare(shared_data: Path, out: Path, vocab_size: int) -> Path:
     """OUT/data from the shared text folder (train.txt -> train split, valid.txt -> validation split), reused if
     already there. Refuses a folder without a validation file: the split must be the shared validation stories."""
     for name in ("train.txt", "valid.txt"):
