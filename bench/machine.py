@@ -15,7 +15,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS_DIR = ROOT / "bench" / "results"
+# Where write_results writes and bench/report.py reads; SLM_BENCH_RESULTS redirects both (make bench BENCH_QUICK=1
+# writes its smoke-run figures elsewhere, so that they are never committed as results).
+RESULTS_DIR = Path(os.environ.get("SLM_BENCH_RESULTS") or ROOT / "bench" / "results")
 
 # The CPU flags that decide how fast bf16 arithmetic runs here (lscpu's names).
 RELEVANT_FLAGS = ("amx_bf16", "amx_tile", "amx_int8", "avx512_bf16", "avx512f", "avx2")
@@ -82,10 +84,13 @@ def write_results(benchmark: str, results: dict, *, shape: dict | None = None, c
     return path
 
 
+# The fields of a model's shape that a results file names (bench/report.py compares them with configs/cpu-demo.yaml).
+SHAPE_NAMES = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
+               "vocab_size", "max_position_embeddings")
+
+
 def model_shape(config) -> dict:
     """The shape fields of an SLMConfig (or any config with the same attribute names) that a results file names."""
-    names = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
-             "vocab_size", "max_position_embeddings")
-    return {name: getattr(config, name) for name in names if getattr(config, name, None) is not None}
+    return {name: getattr(config, name) for name in SHAPE_NAMES if getattr(config, name, None) is not None}
 
 

@@ -1,0 +1,423 @@
+"""Render BENCHMARKS.md from bench/results/*.json: every figure in it comes from a results file.
+
+    python bench/report.py            # write BENCHMARKS.md
+    python bench/report.py --check    # exit 1 if BENCHMARKS.md is not what the results files render to
+
+The results files are written by the scripts that measured them (`bench/machine.py:write_results`), each naming the
+CPU, the commit, the model's shape and the command. Which file is shown where:
+- "Where we stand" and the sections after it show, per benchmark and CPU, the newest file measured on the current
+  `cpu-demo` shape (configs/cpu-demo.yaml) and not marked as history;
+- "History" shows every other file: older runs, retired shapes, and the figures converted from the hand-written
+  results of earlier sessions (marked `history`, naming their source), labelled with their shape and commit; files
+  that are not JSON are listed as links, not as figures.
+A benchmark without a section of its own in SECTIONS is rendered generically (its scalars as a list, its lists and
+tables of records as tables), so a new benchmark appears as soon as it writes results; a dedicated section is one
+entry in SECTIONS.
+"""
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from machine import RESULTS_DIR, ROOT, SHAPE_NAMES
+
+BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
+CURRENT_CONFIG = ROOT / "configs" / "cpu-demo.yaml"
+
+
+# ------------------------------------------------------------------------------------------- records
+@dataclass
+class Record:
+    """One results file: what write_results wrote (benchmark, date, machine, shape, command, results)."""
+
+    path: Path
+    data: dict
+
+    @property
+    def benchmark(self) -> str:
+        return self.data["benchmark"]
+
+    @property
+    def results(self) -> dict:
+        return self.data["results"]
+
+    @property
+    def cpu(self) -> str:
+        return self.data.get("machine", {}).get("cpu") or "unknown CPU"
+
+    @property
+    def commit(self) -> str:
+        return self.data.get("machine", {}).get("commit") or "unknown commit"
+
+    @property
+    def history(self) -> dict | None:
+        return self.data.get("history")
+
+    def sort_key(self) -> tuple:
+        return self.data.get("date", ""), self.path.name
+
+
+def current_shape(config_path: Path = CURRENT_CONFIG) -> dict:
+    """The shape fields configs/cpu-demo.yaml sets: what "the current shape" means in this report."""
+    model = yaml.safe_load(config_path.read_text(encoding="utf-8"))["model"]
+    return {key: value for key, value in model.items() if key in SHAPE_NAMES}
+
+
+def is_current_shape(shape: dict | None, current: dict) -> bool:
+    """A results file without a model shape (data throughput, ...) is of every shape."""
+    if shape is None:
+        return True
+    return all(shape.get(key) == value for key, value in current.items())
+
+
+def load(results_dir: Path) -> tuple[list[Record], list[Path]]:
+    """The results files (sorted by date) and the other files (raw, not JSON) in results_dir."""
+    records, raw = [], []
+    for path in sorted(results_dir.iterdir()):
+        if path.suffix == ".json":
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict) or not {"benchmark", "results"} <= set(data):
+                raise ValueError(f"{path}: not a results file of bench/machine.py:write_results (no benchmark and "
+                                 f"results keys)")
+            records.append(Record(path, data))
+        elif path.is_file():
+            raw.append(path)
+    return sorted(records, key=Record.sort_key), raw
+
+
+def split_current(records: list[Record], current: dict) -> tuple[list[Record], list[Record]]:
+    """(current, history): the newest file per (benchmark, CPU) on the current shape, and all the others."""
+    newest: dict[tuple[str, str], Record] = {}
+    for record in records:  # sorted by date: a later file replaces an earlier one
+        if record.history is None and is_current_shape(record.data.get("shape"), current):
+            newest[(record.benchmark, record.cpu)] = record
+    chosen = {id(record) for record in newest.values()}
+    return ([r for r in records if id(r) in chosen], [r for r in records if id(r) not in chosen])
+
+
+# ------------------------------------------------------------------------------------------- formatting
+LABELS = {
+    "tokens_per_s": "tokens/s", "cpu_tokens_per_s": "tokens/s (CPU time)", "peak_rss_mb": "peak RSS MB",
+    "mfu": "MFU", "vs_llama": "vs Llama", "vs_llama_best": "vs Llama's best", "seconds": "seconds",
+    "vs_llama_same_precision": "vs Llama, same precision", "vs_generate_fp32": "vs generate() fp32",
+    "val_bits_per_byte": "val bits/byte", "wall_s": "wall s", "cpu_s": "CPU s", "mb_s": "MB/s",
+}
+
+
+def number(value) -> str:
+    """One way to print a figure: thousands separators for large numbers, 3 decimals for small ones."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 100:
+        return f"{value:.1f}"
+    if value == 0 or abs(value) >= 0.01:
+        return f"{value:.3f}"
+    return f"{value:.2e}"
+
+
+def cell(value, column: str = "") -> str:
+    """One table cell; ratios (columns vs_...) as 1.23x, MFU as a percentage."""
+    if isinstance(value, float) and column.startswith("vs_"):
+        value = f"{value:.2f}x"
+    elif isinstance(value, float) and column == "mfu":
+        value = f"{value:.1%}"
+    if isinstance(value, (dict, list)):
+        value = json.dumps(value)
+    text = number(value).replace("|", "\\|").replace("\n", " ")
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def table(rows: list[dict], first: str | None = None) -> str:
+    """A Markdown table of records, columns in order of first appearance (`first`: a column for the row names)."""
+    columns = []
+    for row in rows:
+        columns += [key for key in row if key not in columns]
+    lines = ["| " + " | ".join(LABELS.get(c, c) for c in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(c, ""), c) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def generic(results: dict) -> str:
+    """Any results dict: scalars as a list, lists of records and dicts of records as tables, other dicts as lists."""
+    scalars, blocks = [], []
+    for key, value in results.items():
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            blocks.append(table(value) if key == "rows" else f"{key}:\n\n{table(value)}")
+        elif isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
+            blocks.append(f"{key}:\n\n{table([{'name': name, **row} for name, row in value.items()])}")
+        elif isinstance(value, dict):
+            scalars += [f"- {key}.{sub}: {cell(v)}" for sub, v in value.items()]
+        else:
+            scalars.append(f"- {key}: {cell(value)}")
+    return "\n\n".join(part for part in ["\n".join(scalars), *blocks] if part)
+
+
+SHAPE_WORDS = {"num_attention_heads": "heads", "num_key_value_heads": "key/value heads",
+               "intermediate_size": "intermediate", "vocab_size": "vocabulary", "max_position_embeddings": "context",
+               "batch_size": "batch"}
+
+
+def shape_text(shape: dict | None) -> str:
+    """"256 x 3, 4 heads, intermediate 704, ..." (width x layers first); a shape of another form as its words."""
+    if not shape:
+        return "no model"
+    if "hidden_size" not in shape or "num_hidden_layers" not in shape:
+        return ", ".join(f"{k} {cell(v)}" for k, v in shape.items())
+    rest = [f"{SHAPE_WORDS.get(k, k)} {number(v)}" for k, v in shape.items()
+            if k not in ("hidden_size", "num_hidden_layers")]
+    return ", ".join([f"{shape['hidden_size']} x {shape['num_hidden_layers']}", *rest])
+
+
+def provenance(record: Record) -> str:
+    """The line under every rendered results file: when, on what, which code, which shape, which command."""
+    machine = record.data.get("machine", {})
+    flags = ", ".join(machine.get("cpu_flags") or []) or "none of the bf16/AMX flags recorded"
+    known = {key: value if value is not None else "not recorded" for key, value in machine.items()}
+    parts = [f"{record.data.get('date', 'undated')}", f"CPU {record.cpu} ({flags})",
+             f"cores {known.get('cores', 'not recorded')}, threads {known.get('threads', 'not recorded')}",
+             f"torch {known.get('torch', 'not recorded')}, transformers {known.get('transformers', 'not recorded')}",
+             f"commit {record.commit}", f"shape {shape_text(record.data.get('shape'))}"]
+    text = "; ".join(parts) + f". Command: `{record.data.get('command', '?')}`. File: `{relative(record.path)}`."
+    if record.history:
+        text += f" Converted from `{record.history['source']}`"
+        text += f" ({record.history['note']})." if record.history.get("note") else "."
+    return "*" + text + "*"
+
+
+def relative(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+# ------------------------------------------------------------------------------------------- sections
+def rows_by(results: dict, **match) -> list[dict]:
+    return [row for row in results.get("rows", []) if all(row.get(k) == v for k, v in match.items())]
+
+
+def run_shape(run: dict) -> str:
+    """A quality run's model shape: recorded by bench_quality.py since 2026-12-06, else what its config set."""
+    if run.get("shape"):
+        return shape_text(run["shape"])
+    model = run.get("config", {}).get("model", {})
+    width, layers = model.get("hidden_size"), model.get("num_hidden_layers")
+    set_fields = f"{width or 'preset'} x {layers or 'preset'}"
+    return f"preset {model.get('preset')}" if not (width or layers) else f"{set_fields} (preset {model.get('preset')})"
+
+
+def quality_body(results: dict) -> str:
+    """The quality runs: bits per byte on the whole validation split, and each run against Llama of its budget."""
+    runs = results.get("runs", {})
+    rows = []
+    for name, run in runs.items():
+        llama = runs.get(f"llama-{run.get('budget')}")
+        rows.append({"run": name, "shape": run_shape(run), "parameters": run.get("parameters"), "precision": run.get("precision"),
+                     "steps": run.get("steps"), "tokens": run.get("tokens"), "tokens_per_s": run.get("tokens_per_s"),
+                     "val_bits_per_byte": run.get("val_bits_per_byte"),
+                     "vs Llama, same budget": f"{run['val_bits_per_byte'] / llama['val_bits_per_byte'] - 1:+.1%}"
+                     if llama else "-"})
+    data = results.get("data", {})
+    val = data.get("splits", {}).get("val", {})
+    text = f"Validation: {number(val.get('stories', '?'))} stories, {number(val.get('tokens', '?'))} tokens" \
+        if val else ""
+    return "\n\n".join(part for part in [text, table(rows)] if part)
+
+
+@dataclass
+class Section:
+    """How one benchmark is shown: a title, what it measures (prose without figures) and a renderer of its results."""
+
+    title: str
+    about: str = ""
+    body: callable = field(default=generic)
+
+
+SECTIONS = {
+    "train_step": Section(
+        "Training step", "The full training step of the loop (`slm_hf.training.optimizer_step`: forward, backward, "
+        "clipping, fused AdamW) of SLM against `LlamaForCausalLM` of the same shape (bench/peers.py), every precision "
+        "applied to both alike, each (model, precision) in its own process, repeats interleaved, medians; MFU against "
+        "the bf16 peak of a 2048^3 product measured in the same run. `bf16-autocast` is Accelerate's autocast "
+        "(eager), `bf16-master-compiled` the loop's CPU bf16 with each layer and the loss compiled (`compile: true`)."),
+    "generate": Section(
+        "Generation speed", "Greedy `generate()` of exactly the given number of new tokens, random weights of the "
+        "shape (speed does not depend on them), warmed up, runs interleaved, medians; `int8` is `quantize_int8()`, "
+        "`compiled` a static cache with `torch.compile` of the decoding step; the ratio is to Llama's `generate()` "
+        "in fp32 in the same run."),
+    "runtimes": Section(
+        "Speed across runtimes", "Greedy decoding at batch 1 of one trained model folder in each runtime: our "
+        "`generate()` (fp32, int8), llama.cpp (llama-cpp-python) on our GGUF export at f32, f16 and q8_0, "
+        "onnxruntime on our ONNX export; same prompt, same number of tokens, one thread unless stated."),
+    "quality": Section(
+        "Quality after a fixed budget", "Each recipe trains for the same wall-clock budget with the project's loop, "
+        "then its best model is scored on the whole validation split (bits per byte, exact bytes); `llama` is "
+        "`LlamaForCausalLM` of ours' shape trained with a plain recipe pinned in bench/bench_quality.py.", quality_body),
+    "data": Section(
+        "Data pipeline", "Tokenization throughput of the pipeline's encoder against the usual `datasets.map` recipe "
+        "on the shared TinyStories text, end to end `prepare_data`, and the extrapolation to the full 1.9 GB "
+        "training split."),
+    "soak_resume": Section(
+        "Fault soak", "A run killed at seeded moments aimed at each phase, resumed with `--resume auto`, compared "
+        "bit for bit with an uninterrupted run (bench/soak_resume.py)."),
+}
+
+
+def section(benchmark: str) -> Section:
+    return SECTIONS.get(benchmark) or Section(f"{benchmark} (generic rendering)")
+
+
+# ------------------------------------------------------------------------------------------- where we stand
+def ratio_text(mine: float | None, peer: float | None) -> str:
+    return f"{mine / peer:.2f}x" if mine and peer else "not measured"
+
+
+def goals(current: list[Record]) -> list[tuple[str, str, str]]:
+    """(goal, measured, met?) from the current results of one CPU; "not measured" where a benchmark is missing."""
+    by_name = {record.benchmark: record.results for record in current}
+    rows = []
+
+    train = by_name.get("train_step", {})
+    ours = rows_by(train, model="slm", precision="bf16-master-compiled")
+    llama_compiled = rows_by(train, model="llama", precision="bf16-master-compiled")
+    llama_eager = [row["tokens_per_s"] for row in rows_by(train, model="llama") if "compiled" not in row["precision"]]
+    if ours and llama_compiled:
+        ratio = ours[0]["tokens_per_s"] / llama_compiled[0]["tokens_per_s"]
+        eager = ratio_text(ours[0]["tokens_per_s"], max(llama_eager) if llama_eager else None)
+        rows.append(("training step >= 1.5x Llama of the same shape (issue 4), both compiled",
+                     f"{ratio:.2f}x ({number(ours[0]['tokens_per_s'])} tokens/s, MFU {ours[0].get('mfu', 0):.1%}); "
+                     f"{eager} Llama's best eager mode", "yes" if ratio >= 1.5 else "no"))
+    else:
+        rows.append(("training step >= 1.5x Llama of the same shape (issue 4)", "not measured", "-"))
+
+    generate = by_name.get("generate", {})
+    llama = rows_by(generate, model="llama", batch=1)
+    ours = [row for row in rows_by(generate, batch=1) if row["model"].startswith("slm")]
+    if llama and ours:
+        best = max(ours, key=lambda row: row["tokens_per_s"])
+        ratio = best["tokens_per_s"] / llama[0]["tokens_per_s"]
+        rows.append(("generate() at batch 1 >= 3x Llama's generate()",
+                     f"{ratio:.2f}x, {number(best['tokens_per_s'])} tokens/s ({best['model']})",
+                     "yes" if ratio >= 3 else "no"))
+    else:
+        rows.append(("generate() at batch 1 >= 3x Llama's generate()", "not measured", "-"))
+
+    runs = by_name.get("quality", {}).get("runs", {})
+    ours, llama = runs.get("ours-10min"), runs.get("llama-10min")
+    if ours:
+        bpb = ours["val_bits_per_byte"]
+        rows.append(("<= 0.90 bits/byte after 10 minutes on this CPU", f"{bpb:.3f}", "yes" if bpb <= 0.90 else "no"))
+    else:
+        rows.append(("<= 0.90 bits/byte after 10 minutes on this CPU", "not measured", "-"))
+    if ours and llama:
+        below = 1 - ours["val_bits_per_byte"] / llama["val_bits_per_byte"]
+        rows.append((">= 10% below Llama of the same shape after 10 minutes",
+                     f"{below:.1%} below ({ours['val_bits_per_byte']:.3f} vs {llama['val_bits_per_byte']:.3f})",
+                     "yes" if below >= 0.10 else "no"))
+    else:
+        rows.append((">= 10% below Llama of the same shape after 10 minutes", "not measured", "-"))
+
+    data = by_name.get("data", {})
+    if "full_split_extrapolated_s" in data:
+        seconds = data["full_split_extrapolated_s"]
+        rows.append(("the full 1.9 GB training split to train.bin in <= 300 s",
+                     f"{seconds:.0f} s (extrapolated from the measured rate)", "yes" if seconds <= 300 else "no"))
+    else:
+        rows.append(("the full 1.9 GB training split to train.bin in <= 300 s", "not measured", "-"))
+    return rows
+
+
+def where_we_stand(current: list[Record], shape: dict) -> str:
+    cpus = sorted({record.cpu for record in current})
+    lines = [f"## Where we stand\n\nThe goals of the issues against the newest results on the current `cpu-demo` "
+             f"shape ({shape_text(shape)}, configs/cpu-demo.yaml), one table per CPU; the sections below give each "
+             f"figure's run. Figures of other shapes or older runs are only in \"History\"."]
+    if not cpus:
+        lines.append("No results on the current shape yet: run `make bench`.")
+        cpus_rows = [("(no CPU)", goals([]))]
+    else:
+        cpus_rows = [(cpu, goals([r for r in current if r.cpu == cpu])) for cpu in cpus]
+    for cpu, rows in cpus_rows:
+        lines.append(f"**{cpu}**\n\n| goal | measured | met? |\n|---|---|---|\n"
+                     + "\n".join(f"| {goal} | {measured} | {met} |" for goal, measured, met in rows))
+    return "\n\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------- the document
+HEADER = """# Benchmarks
+
+This file is rendered by `python bench/report.py` from the results files in bench/results/ (JSON, each written by
+the script that measured it, naming the machine, the commit, the model's shape and the command); do not edit it by
+hand: the test suite fails when it differs from the render. `make bench` measures the side-by-side suite on the
+machine at hand and re-renders it (see docs/benchmarks.md)."""
+
+
+def render_record(record: Record, level: str) -> str:
+    chosen = section(record.benchmark)
+    title = f"{level} {chosen.title}, {record.cpu}"
+    if record.history:
+        title += f", {record.data.get('date', 'undated')}, shape {shape_text(record.data.get('shape'))}, " \
+                 f"commit {record.commit}"
+    parts = [title, chosen.about, provenance(record), chosen.body(record.results)]
+    return "\n\n".join(part for part in parts if part)
+
+
+# What a raw (not JSON) file in bench/results/ is, where its name does not say it.
+RAW_NOTES = {
+    "BENCHMARKS_handwritten_until_c74a0be.md": "BENCHMARKS.md as written by hand up to commit c74a0be: the analyses "
+    "and figures of earlier sessions (the 288 x 6 shape, GPU runs on torch 2.11, recipe searches), transcribed by hand",
+    "quality_per_minute.png": "the plot of the 2026-11-27 quality runs (288 x 6)",
+}
+
+
+def render(results_dir: Path = RESULTS_DIR, config_path: Path = CURRENT_CONFIG) -> str:
+    records, raw = load(results_dir)
+    shape = current_shape(config_path)
+    current, history = split_current(records, shape)
+    order = list(SECTIONS)
+    current.sort(key=lambda r: (order.index(r.benchmark) if r.benchmark in order else len(order), r.benchmark, r.cpu))
+    parts = [HEADER, where_we_stand(current, shape)]
+    parts += [render_record(record, "##") for record in current]
+    parts.append("## History\n\nResults of older runs, of retired shapes or of older code, newest first, each "
+                 "labelled with its shape and commit. They are not today's figures.")
+    parts += [render_record(record, "###") for record in reversed(history)]
+    if raw:
+        parts.append("### Raw files, not converted\n\nKept as they were written (logs, plots, hand-written tables "
+                     "that could not be converted faithfully); no figure of theirs is quoted here.\n\n"
+                     + "\n".join(f"- [{path.name}]({relative(path)})" + (f": {RAW_NOTES[path.name]}" if path.name in
+                                  RAW_NOTES else "") for path in raw))
+    return "\n\n".join(parts) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if the file differs from the render")
+    parser.add_argument("--results", type=Path, default=RESULTS_DIR, help="folder of results files (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=BENCHMARKS_MD, help="the rendered file (default: %(default)s)")
+    args = parser.parse_args(argv)
+    try:
+        text = render(args.results)
+    except (OSError, ValueError, KeyError) as error:
+        print(f"error: cannot render the benchmarks report: {error}", file=sys.stderr)
+        return 2
+    if args.check:
+        if not args.out.is_file() or args.out.read_text(encoding="utf-8") != text:
+            print(f"error: {relative(args.out)} differs from what {relative(args.results)} renders to; run "
+                  f"`python bench/report.py` and commit the result", file=sys.stderr)
+            return 1
+        print(f"{relative(args.out)} is up to date with {relative(args.results)}")
+        return 0
+    args.out.write_text(text, encoding="utf-8")
+    print(f"wrote {relative(args.out)} from {relative(args.results)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

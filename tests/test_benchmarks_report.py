@@ -1,0 +1,98 @@
+"""BENCHMARKS.md is rendered from bench/results/*.json (bench/report.py): the committed file must be the render, a
+new benchmark appears without a renderer of its own, and only results of the current cpu-demo shape are "today's"."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import REPO_ROOT
+
+REPORT = REPO_ROOT / "bench" / "report.py"
+
+
+def report(*args):
+    return subprocess.run([sys.executable, str(REPORT), *map(str, args)], capture_output=True, text=True, timeout=60,
+                          cwd=REPO_ROOT)
+
+
+def record(benchmark, date, results, shape=None, cpu="Test CPU", commit="abc1234", **extra):
+    """A results file as bench/machine.py:write_results writes it."""
+    return {"benchmark": benchmark, "date": date, "shape": shape, "command": f"python bench/{benchmark}.py",
+            "machine": {"cpu": cpu, "cpu_flags": ["avx512_bf16"], "cores": 2, "threads": 2, "torch": "2.13.0",
+                        "transformers": "5.0.0", "commit": commit},
+            "results": results, **extra}
+
+
+@pytest.fixture
+def current_shape():
+    model = yaml.safe_load((REPO_ROOT / "configs" / "cpu-demo.yaml").read_text())["model"]
+    return {key: model[key] for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")}
+
+
+def write(folder, name, data):
+    folder.mkdir(exist_ok=True)
+    (folder / name).write_text(json.dumps(data))
+
+
+def test_committed_benchmarks_md_is_the_render():
+    result = report("--check")
+    assert result.returncode == 0, result.stderr
+
+
+def test_check_fails_with_one_line_when_the_file_differs(tmp_path):
+    results = tmp_path / "results"
+    write(results, "data_cpu_2026-12-06.json", record("data", "2026-12-06", {"full_split_extrapolated_s": 250.0}))
+    out = tmp_path / "BENCHMARKS.md"
+    assert report("--results", results, "--out", out).returncode == 0
+    assert report("--check", "--results", results, "--out", out).returncode == 0
+    out.write_text(out.read_text().replace("250 s", "200 s"))  # a figure typed by hand
+    result = report("--check", "--results", results, "--out", out)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "differs from what" in result.stderr
+
+
+def test_current_history_and_a_benchmark_without_a_renderer(tmp_path, current_shape):
+    results = tmp_path / "results"
+    train_rows = lambda slm, llama: {"rows": [  # noqa: E731
+        {"model": "slm", "precision": "bf16-master-compiled", "tokens_per_s": slm, "mfu": 0.5},
+        {"model": "llama", "precision": "bf16-master-compiled", "tokens_per_s": llama},
+        {"model": "llama", "precision": "bf16-autocast", "tokens_per_s": 4000.0}]}
+    write(results, "train_step_cpu_2026-12-05.json", record("train_step", "2026-12-05", train_rows(7000.0, 7000.0),
+                                                            shape=current_shape, commit="old1111"))
+    write(results, "train_step_cpu_2026-12-06.json", record("train_step", "2026-12-06", train_rows(9000.0, 6000.0),
+                                                            shape=current_shape, commit="new2222"))
+    retired = {**current_shape, "hidden_size": 288, "num_hidden_layers": 6}
+    write(results, "generate_cpu_2026-12-06.json", record("generate", "2026-12-06", {"rows": [
+        {"batch": 1, "model": "slm", "tokens_per_s": 999.0}, {"batch": 1, "model": "llama", "tokens_per_s": 111.0}]},
+        shape=retired))
+    write(results, "serve_cpu_2026-12-06.json", record("serve", "2026-12-06", {
+        "clients": 4, "rows": [{"concurrency": 4, "requests_per_s": 12.5}]}))
+    (results / "old_notes.txt").write_text("hand-written\n")
+    out = tmp_path / "BENCHMARKS.md"
+    assert report("--results", results, "--out", out).returncode == 0, "render failed"
+    text = out.read_text()
+    today, history = text.split("## History")
+
+    # Where we stand: the newest train_step on the current shape (9,000 / 6,000), nothing of the retired shape
+    assert "| training step >= 1.5x Llama of the same shape (issue 4), both compiled | 1.50x (9,000 tokens/s" in today
+    assert "2.25x Llama's best eager mode | yes |" in today
+    assert "| generate() at batch 1 >= 3x Llama's generate() | not measured | - |" in today
+    assert "999" not in today and "old1111" not in today and "new2222" in today
+    # the benchmark nobody wrote a renderer for: shown generically, in full
+    assert "## serve (generic rendering), Test CPU" in today
+    assert "- clients: 4" in today and "| concurrency | requests_per_s |" in today and "| 4 | 12.500 |" in today
+    # History: the older run and the retired shape, each labelled with its shape and commit; raw files as links
+    assert "commit old1111" in history and "7,000" in history
+    assert "shape 288 x 6" in history and "999" in history
+    assert "- [old_notes.txt](" in history
+
+
+def test_a_file_that_is_not_a_results_file_is_one_error_line(tmp_path):
+    results = tmp_path / "results"
+    write(results, "typed_by_hand.json", {"tokens_per_s": 123})
+    result = report("--results", results, "--out", tmp_path / "BENCHMARKS.md")
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+    assert "typed_by_hand.json: not a results file" in result.stderr
