@@ -1,7 +1,7 @@
 """Benchmark the data pipeline on the shared TinyStories text: tokenization throughput, tokenizer training time,
 the extrapolation to the full 1.9 GB training split, and bytes per token at two vocabulary sizes.
 
-    python bench/bench_data.py                       # the numbers in BENCHMARKS.md ("Data pipeline")
+    python bench/bench_data.py                       # results: bench/results/data_<cpu>_<date>.json
     python bench/bench_data.py --repeats 1 --max-stories 2000    # a quick check that the script runs
 
 Tokenization is measured three ways over the same stories (medians of --repeats runs):
@@ -12,7 +12,6 @@ and end to end: `prepare_data` from the text folder to train.bin/val.bin/meta.js
 """
 
 import argparse
-import json
 import os
 import resource
 import statistics
@@ -22,6 +21,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from machine import write_results  # noqa: E402
 
 from slm_hf.data import DataOptions, encoded_batches, prepare_data, read_stories  # noqa: E402
 from slm_hf.tokenization import save_tokenizer, train_tokenizer  # noqa: E402
@@ -61,7 +62,6 @@ def main():
                         help="folder with train.txt and valid.txt in the TinyStories format")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-stories", type=int, default=None, help="use only this many training stories")
-    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
 
     import datasets
@@ -71,7 +71,7 @@ def main():
     train = read_stories(args.text_dir / "train.txt", args.max_stories)
     valid = read_stories(args.text_dir / "valid.txt")
     train_bytes = story_bytes(train)
-    results = {"machine": f"{os.cpu_count()} CPUs", "load_average_at_start": os.getloadavg()[0],
+    results = {"load_average_at_start": os.getloadavg()[0],
                "train_stories": len(train), "train_mb": train_bytes / 1e6, "repeats": args.repeats}
 
     # Tokenizer training on 10k stories (vocab 4096), and bytes per token on valid.txt at 4096 and 8192.
@@ -137,7 +137,7 @@ def main():
     results["load_average_at_end"] = os.getloadavg()[0]
 
     peer = results["timings"]["datasets.map num_proc=2 (peer)"]["mb_s"]
-    print(f"stories: {len(train):,} train ({train_bytes / 1e6:.2f} MB), {len(valid):,} valid; {results['machine']}, "
+    print(f"stories: {len(train):,} train ({train_bytes / 1e6:.2f} MB), {len(valid):,} valid; {os.cpu_count()} CPUs, "
           f"load average {results['load_average_at_start']:.1f} -> {results['load_average_at_end']:.1f}; "
           f"medians of {args.repeats}, interleaved")
     print("| what | wall s | CPU s | MB/s | vs peer | MB/s estimate, quiet 2 cores |\n|---|---|---|---|---|---|")
@@ -159,8 +159,7 @@ def main():
     for vocab in (4096, 8192):
         print(f"valid.txt bytes/token at vocab {vocab}: {results[f'valid_bytes_per_token_{vocab}']:.3f} "
               f"(EOS counted; {results[f'valid_bytes_per_text_token_{vocab}']:.3f} without)")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"written to {write_results('data', results)}")
 
 
 if __name__ == "__main__":

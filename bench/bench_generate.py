@@ -1,7 +1,8 @@
 """Generation speed: `generate()` tokens/s of SLM against transformers' LlamaForCausalLM of the same shape.
 
-Both models are built from random weights (speed does not depend on them) with the `small` preset's shape: width
-288, 6 layers, 6 heads, intermediate 768, vocabulary 4096, rotary + RMSNorm + SwiGLU, tied embeddings. Each
+Both models are built from random weights (speed does not depend on them) with the `cpu-demo` preset's shape
+(configs/cpu-demo.yaml, vocabulary 4096; `--preset small` for the `small` preset's), rotary + RMSNorm + SwiGLU,
+tied embeddings. Each
 measurement is greedy decoding of exactly `--new-tokens` tokens (no early stop) through the public `generate()` API,
 with an attention mask and a pad token id; batch 1 has one 16-token prompt, larger batches have left-padded prompts
 of 8 to 16 tokens. Every configuration is warmed up first, then the runs of all configurations are interleaved (so
@@ -19,22 +20,24 @@ Configurations (`--variants`):
     python bench/bench_generate.py --new-tokens 32 --repeats 2       # a quick check
     python bench/bench_generate.py --profile                         # where the per-token time goes
     python bench/bench_generate.py --accuracy runs/cpu-demo/final    # bf16 against fp32 on validation text
+
+Results (the benchmark, not --profile or --accuracy): bench/results/generate_<cpu>_<date>.json
+(bench/machine.py:write_results), rendered by bench/report.py.
 """
 
 import argparse
 import copy
-import platform
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
+from machine import cpu_demo_shape, model_shape, write_results
 from peers import llama_config
 from transformers import CompileConfig, LlamaForCausalLM
 
 from slm_hf import SLMConfig, SLMForCausalLM
 
-PRESET = "small"
 VARIANTS = ["slm", "llama", "slm-bf16", "llama-bf16", "slm-int8", "slm-compiled", "slm-compiled-bf16",
             "slm-compiled-int8"]
 DEFAULT_VARIANTS = ["slm", "llama", "slm-bf16", "llama-bf16", "slm-int8"]
@@ -45,8 +48,13 @@ def llama_like(config: SLMConfig) -> LlamaForCausalLM:
     return LlamaForCausalLM(llama_config(config))
 
 
-def build_models(variants: list[str], preset: str = PRESET) -> dict[str, torch.nn.Module]:
-    config = SLMConfig.from_preset(preset)
+def model_config(preset: str | None) -> SLMConfig:
+    """The benchmarked shape: a preset's, or (None) the cpu-demo preset's."""
+    return SLMConfig.from_preset(preset) if preset else cpu_demo_shape()[1]
+
+
+def build_models(variants: list[str], preset: str | None = None) -> dict[str, torch.nn.Module]:
+    config = model_config(preset)
     torch.manual_seed(0)
     base = {"slm": SLMForCausalLM(config).eval(), "llama": llama_like(config).eval()}
     models = {}
@@ -110,14 +118,16 @@ def measure(runs: dict[str, Callable], repeats: int, tokens: int) -> dict[str, t
 
 
 def benchmark(args) -> None:
-    models = build_models(args.variants)
-    vocab_size = SLMConfig.from_preset(PRESET).vocab_size
+    models = build_models(args.variants, args.preset)
+    config = model_config(args.preset)
+    vocab_size = config.vocab_size
     reference = "llama" if "llama" in models else args.variants[0]
+    parameters = sum(p.numel() for p in next(iter(models.values())).parameters())
     print(f"# generate() tokens/s: {args.new_tokens} new tokens, greedy, median of {args.repeats} interleaved runs")
-    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}, "
-          f"{sum(p.numel() for p in next(iter(models.values())).parameters()):,} parameters")
+    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, {parameters:,} parameters")
     print(f"| batch | model | tokens/s | vs {reference} | tokens/s (CPU time) | vs {reference} (CPU time) |")
     print("|---|---|---|---|---|---|")
+    rows = []
     for batch_size in args.batch_sizes:
         prompts = make_prompts(batch_size, vocab_size)
         runs = {name: generate_fn(model, prompts, args.new_tokens, **generate_kwargs(name))
@@ -127,12 +137,16 @@ def benchmark(args) -> None:
         for name, (wall, cpu) in rates.items():
             print(f"| {batch_size} | {name} | {wall:,.0f} | {wall / wall_ref:.2f}x | {cpu:,.0f} | {cpu / cpu_ref:.2f}x |",
                   flush=True)
+            rows.append({"batch": batch_size, "model": name, "tokens_per_s": wall, f"vs_{reference}": wall / wall_ref,
+                         "cpu_tokens_per_s": cpu})
+    results = {"new_tokens": args.new_tokens, "repeats": args.repeats, "parameters": parameters, "rows": rows}
+    print(f"written to {write_results('generate', results, shape=model_shape(config))}")
 
 
 def profile(args) -> None:
     """Split per-token time into the model's forward and generate()'s own work, then list the ops."""
     variant = args.variants[0]
-    model = build_models([variant])[variant]
+    model = build_models([variant], args.preset)[variant]
     prompts = make_prompts(args.batch_sizes[0], model.config.vocab_size)
     run = generate_fn(model, prompts, args.new_tokens, **generate_kwargs(variant))
     run()
@@ -231,6 +245,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=DEFAULT_VARIANTS)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--preset", help="measure this preset's shape instead of configs/cpu-demo.yaml's")
     parser.add_argument("--profile", action="store_true",
                         help="profile the first variant at the first batch size instead of benchmarking")
     parser.add_argument("--profile-rows", type=int, default=25)

@@ -8,7 +8,7 @@ median of the tokens/s that metrics.jsonl records after the first flushes, and t
 launchers are interleaved over the repeats, so load from elsewhere hits them alike. Also the wall time of every
 script's `--help` and of `import slm_hf`.
 
-    python bench/bench_launchers.py                      # 60 steps, 3 repeats; results under bench/results/
+    python bench/bench_launchers.py                      # 60 steps, 3 repeats; bench/results/launchers_*.json
     python bench/bench_launchers.py --steps 20 --repeats 1
 """
 
@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine import cpu_model
+from machine import cpu_model, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -75,7 +75,6 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=16, help="windows of 256 tokens per micro-batch")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench_launchers_"))
@@ -110,12 +109,9 @@ def main() -> None:
         statistics.median(timed([sys.executable, "-c", "from transformers import AutoConfig, AutoModel, "
                                  "AutoModelForCausalLM, PreTrainedModel"]) for _ in range(3)), 2)
     cpu = cpu_model()
-    report = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu": cpu, "cores": os.cpu_count(), "steps": args.steps,
-              "batch_size": args.batch_size,
-              "repeats": args.repeats, "launchers": table, "runs": runs, "startup_s": startup}
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"launchers_cpu_{time.strftime('%Y-%m-%d')}.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    report = {"steps": args.steps, "batch_size": args.batch_size, "repeats": args.repeats, "launchers": table,
+              "runs": runs, "startup_s": startup}
+    path = write_results("launchers", report)
     print(json.dumps({"cpu": cpu, "launchers": table, "startup_s": startup}, indent=2))
     print(f"wrote {path}")
 

@@ -22,7 +22,8 @@ runs.
 Outputs, in OUT (default runs/bench-quality): runs/{recipe}-{budget}min/ (each a full training run), results.json
 (written after every run; a rerun skips the runs it already holds, so an interrupted benchmark resumes),
 quality_per_minute.png (bits per byte against minutes, one line per recipe, each run's validation curve thin),
-and a markdown table on stdout.
+and a markdown table on stdout; then the runs of this invocation as bench/results/quality_<cpu>_<date>.json
+(bench/machine.py:write_results; `--results-out` names another file), which bench/report.py renders.
 
     python bench/bench_quality.py                                        # 10, 30 and 60 minutes: about 7 hours
     python bench/bench_quality.py --budgets 10 --recipes ours llama      # one budget, two recipes
@@ -53,7 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))  # the scripts' command_line module
 
 import torch  # noqa: E402
-from machine import describe  # noqa: E402
+from machine import describe, model_shape, write_results  # noqa: E402
 from peers import build_llama  # noqa: E402
 
 from slm_hf.atomic_files import write_json  # noqa: E402
@@ -199,6 +200,7 @@ def train_and_evaluate(
     model, tokenizer = load_pretrained(evaluated, device="cpu")
     report = evaluate_data_folder(model, tokenizer, data_dir, batch_size=eval_batch_size)
     eval_seconds = time.perf_counter() - eval_started
+    shape = model_shape(model.config)
     del model
 
     return {
@@ -227,6 +229,8 @@ def train_and_evaluate(
         "loop_val_loss": at_best["val/loss"],
         "precision": final["precision"],
         "parameters": final["parameters"],
+        "shape": shape,
+        "model_dir": str(evaluated),
         "sample": sample,
         "config": final["config"],
         "date": datetime.date.today().isoformat(),
@@ -326,6 +330,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="key=value",
                         help="recipe search: override our recipes' config (cpu-demo.yaml); needs --tag")
     parser.add_argument("--tag", help="name of the --set variant: its runs are {recipe}+{tag}-{budget}min")
+    parser.add_argument("--results-out", type=Path, help="the results file (default: bench/results/quality_<cpu>_"
+                                                         "<date>.json); not written with --report")
     args = parser.parse_args(argv)
     if bool(args.overrides) != bool(args.tag):
         parser.error("--set and --tag go together")
@@ -379,6 +385,18 @@ def main(argv=None) -> None:
     print(table(results, labels, args.budgets))
     print()
     print(details(results, labels, args.budgets))
+    if not args.report:
+        write_invocation(results, labels, args.budgets, args.results_out)
+
+
+def write_invocation(results: dict, labels: list[str], budgets: list[Budget], out: Path | None) -> None:
+    """This invocation's runs as one results file; its shape is the runs' shape where they share one."""
+    runs = {name: results["runs"][name] for b in budgets for label in labels
+            if (name := run_name(label, b)) in results["runs"]}
+    shapes = [json.dumps(run.get("shape"), sort_keys=True) for run in runs.values()]
+    shape = json.loads(shapes[0]) if shapes and len(set(shapes)) == 1 else {"shapes": "one per run, in the table"}
+    path = write_results("quality", {"data": results["data"], "runs": runs}, shape=shape, out=out)
+    print(f"\nwritten to {path}")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,14 @@
 """Speed across runtimes: greedy decoding at batch 1 of one model folder, same weights, same run.
 
     python bench/bench_runtimes.py --model runs/cpu-demo/final                 # 100 new tokens, 5 repeats
-    python bench/bench_runtimes.py --model runs/cpu-demo/final --new-tokens 200 --out bench/results/x.md
+    python bench/bench_runtimes.py --model runs/cpu-demo/final --new-tokens 20 --repeats 1      # a quick check
 
 Runtimes: `generate()` of our model in fp32 (the fastest fp32 path: dynamic cache, SDPA) and with int8 weights
 (`--int8`, our fastest CPU path), llama.cpp through llama-cpp-python on the GGUF export at f32, f16 and q8_0, and
 onnxruntime on the ONNX export (its KV cache, one token a call). Each generates exactly `--new-tokens` tokens after
 the same 16-token prompt (no early stop), single-threaded or with `--threads`; the runs are interleaved and the
-median is reported, with the CPU model named (a shared machine slows all alike).
+median is reported (a shared machine slows all alike). Results: bench/results/runtimes_<cpu>_<date>.json
+(bench/machine.py:write_results, naming the CPU and the model's shape), rendered by bench/report.py.
 """
 
 import argparse
@@ -18,7 +19,7 @@ import time
 from pathlib import Path
 
 import torch
-from machine import cpu_model
+from machine import model_shape, write_results
 
 from slm_hf.exporting import export_model
 from slm_hf.exporting.to_onnx import ONNX_FILE, onnx_greedy
@@ -33,7 +34,6 @@ def main():
     parser.add_argument("--new-tokens", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default=None, help="also write the table (Markdown) here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     import llama_cpp
@@ -84,19 +84,17 @@ def main():
             run()
             times[name].append(time.perf_counter() - started)
 
-    parameters = sum(p.numel() for p in model.parameters())
-    lines = [f"Greedy decoding, batch 1, {len(prompt)}-token prompt + {args.new_tokens} new tokens, {args.threads} "
-             f"thread(s), median of {args.repeats}; model {args.model} ({parameters / 1e6:.1f}M parameters); "
-             f"CPU: {cpu_model()}; torch {torch.__version__}, llama-cpp-python {llama_cpp.__version__}, "
-             f"onnxruntime {onnxruntime.__version__}", "",
-             "| runtime | seconds | tokens/s |", "|---|---|---|"]
-    for name, measured in times.items():
-        median = statistics.median(measured)
-        lines.append(f"| {name} | {median:.3f} | {args.new_tokens / median:,.0f} |")
-    table = "\n".join(lines)
-    print(table)
-    if args.out:
-        Path(args.out).write_text(table + "\n", encoding="utf-8")
+    reference = statistics.median(times["generate() fp32"])
+    rows = [{"runtime": name, "seconds": statistics.median(measured),
+             "tokens_per_s": args.new_tokens / statistics.median(measured),
+             "vs_generate_fp32": reference / statistics.median(measured)} for name, measured in times.items()]
+    for row in rows:
+        print(f"{row['runtime']:20} {row['seconds']:.3f} s  {row['tokens_per_s']:,.0f} tokens/s")
+    results = {"model": str(args.model), "parameters": sum(p.numel() for p in model.parameters()),
+               "prompt_tokens": len(prompt), "new_tokens": args.new_tokens, "repeats": args.repeats,
+               "threads": args.threads, "versions": {"llama-cpp-python": llama_cpp.__version__,
+                                                     "onnxruntime": onnxruntime.__version__}, "rows": rows}
+    print(f"written to {write_results('runtimes', results, shape=model_shape(model.config))}")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ FLOP utilisation against the bf16 matrix-product peak measured here.
     python bench/bench_train.py                          # 10 timed steps after 3 warm-up steps, 3 repeats
     (the compiled mode's warm-up steps include compiling: a C++ compiler must be installed)
     python bench/bench_train.py --steps 2 --warmup 1 --repeats 1     # a quick check
+
+Results: bench/results/train_step_<cpu>_<date>.json (bench/machine.py:write_results), rendered by bench/report.py.
 """
 
 import argparse
@@ -24,34 +26,24 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
-from machine import cpu_model
+from machine import cpu_demo_shape, cpu_model, model_shape, write_results
 
-ROOT = Path(__file__).resolve().parent.parent
-CONFIG = ROOT / "configs" / "cpu-demo.yaml"
 MODELS = ("slm", "llama")
 # (name, Accelerate's mixed_precision, attention, master weights, compiled): fp32; Accelerate's bf16 autocast with
 # the default (SDPA) and the eager attention; the loop's own bf16 on a CPU: a bf16 model with fp32 master weights
-# (slm_hf.training.MasterWeights, eager attention); and that with each decoder layer compiled (`compile=true`).
+# (slm_hf.training.MasterWeights, eager attention); and that, or fp32, with each decoder layer and the loss compiled
+# (`compile=true`). A CPU without bf16 arithmetic (no AVX512-BF16, no AMX) runs the bf16 ones very slowly.
 PRECISIONS = {
     "fp32": ("no", "sdpa", False, False),
+    "fp32-compiled": ("no", "sdpa", False, True),
     "bf16-autocast": ("bf16", "sdpa", False, False),
     "bf16-autocast-eager": ("bf16", "eager", False, False),
     "bf16-master": ("no", "eager", True, False),
     "bf16-master-compiled": ("no", "eager", True, True),
 }
-
-
-def shape():
-    """The benchmarked shape: the cpu-demo preset's model (vocabulary 4096) and batch."""
-    from slm_hf.training_config import TrainingConfig
-
-    config = TrainingConfig.load(CONFIG)
-    model_config = config.model_config(vocab_size=4096, eos_token_id=0)
-    return config, model_config
 
 
 def build_model(name: str, model_config) -> torch.nn.Module:
@@ -85,7 +77,7 @@ def worker(model_name: str, precision: str, steps: int, warmup: int) -> dict:
         optimizer_step,
     )
 
-    config, model_config = shape()
+    config, model_config = cpu_demo_shape()
     batch = BatchShape(config.batch_size, config.gradient_accumulation_steps, processes=1, block_size=config.block_size)
     mixed_precision, attention, master_weights, compiled = PRECISIONS[precision]
     baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -148,14 +140,18 @@ def main():
         print(json.dumps(worker(*args.worker, args.steps, args.warmup)))
         return
 
-    config, model_config = shape()
+    config, model_config = cpu_demo_shape()
     print(
         f"# training step, cpu-demo shape: width {model_config.hidden_size}, {model_config.num_hidden_layers} "
         f"layers, vocab {model_config.vocab_size}, batch {config.batch_size} x {config.block_size}; "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu_model()}"
     )
-    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
-    print(f"# matrix-product peak (2048^3): fp32 {peaks['fp32'] / 1e12:.2f} TFLOP/s, bf16 {peaks['bf16'] / 1e12:.2f}")
+    # MFU of each precision against the peak of its arithmetic (measured only for the precisions asked for)
+    arithmetic = {precision: "fp32" if precision.startswith("fp32") else "bf16" for precision in args.precisions}
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    peaks = {name: matmul_peak(dtypes[name]) for name in sorted(set(arithmetic.values()))}
+    print("# matrix-product peak (2048^3): " + ", ".join(f"{name} {flops / 1e12:.2f} TFLOP/s"
+                                                       for name, flops in peaks.items()), flush=True)
     runs: dict[tuple[str, str], list[dict]] = {}
     for repeat in range(args.repeats):
         for precision in args.precisions:
@@ -171,19 +167,21 @@ def main():
         return statistics.median(run[key] for run in runs[(model, precision)])
 
     best_llama = max(median("llama", p, "tok_s") for p in args.precisions)
-    print()
-    print("| model | precision | tokens/s | vs Llama, same precision | vs Llama's best | peak RSS MB | MFU |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    rows = []
     for precision in args.precisions:
         for model in MODELS:
             tok_s = median(model, precision, "tok_s")
-            ratio = tok_s / median("llama", precision, "tok_s")
-            flops = tok_s * runs[(model, precision)][0]["flops_per_token"]
-            print(
-                f"| {model} | {precision} | {tok_s:,.0f} | {ratio:.2f}x | "
-                f"{tok_s / best_llama:.2f}x | {median(model, precision, 'peak_rss_mb'):,.0f} | "
-                f"{flops / peaks['bf16']:.1%} |"
-            )
+            rows.append({"model": model, "precision": precision, "tokens_per_s": tok_s,
+                         "vs_llama_same_precision": tok_s / median("llama", precision, "tok_s"),
+                         "vs_llama_best": tok_s / best_llama, "peak_rss_mb": median(model, precision, "peak_rss_mb"),
+                         "mfu": tok_s * runs[(model, precision)][0]["flops_per_token"] / peaks[arithmetic[precision]]})
+    results = {"batch_size": config.batch_size, "block_size": config.block_size, "steps": args.steps,
+               "warmup": args.warmup, "repeats": args.repeats,
+               "peak_tflops": {name: flops / 1e12 for name, flops in peaks.items()}, "rows": rows,
+               "runs": [{"repeat": repeat + 1, "model": model, "precision": precision, "tokens_per_s": run["tok_s"]}
+                        for (model, precision), measured in runs.items() for repeat, run in enumerate(measured)]}
+    path = write_results("train_step", results, shape=model_shape(model_config))
+    print(f"\n{len(rows)} (model, precision) medians written to {path}")
 
 
 if __name__ == "__main__":

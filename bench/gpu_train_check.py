@@ -3,7 +3,8 @@ minutes; check the loss falls with no NaN and no runaway skipped updates; report
 
     python bench/gpu_train_check.py --out OUT [--data DIR] [--minutes 3] [--max-steps 600] [key=value ...]
 
-Without --data it first prepares the shipped sample into OUT/data. Writes OUT/summary.json and prints it; the run
+Without --data it first prepares the shipped sample into OUT/data. Writes OUT/summary.json and the results file
+bench/results/gpu_train_check_<cpu>_<date>.json (bench/machine.py:write_results) and prints it; the run
 itself goes to OUT/run (metrics.jsonl, final/, ...). `key=value` overrides go to scripts/train.py (e.g.
 `batch_size=256 compile=true`).
 MFU counts 6 x (weights of every matrix product) + 12 x layers x width x context FLOPs per token, against the
@@ -71,6 +72,14 @@ def main():
         "wall_time_s": results.get("wall_time_s"),
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if status == 0:
+        from machine import model_shape, write_results
+        from transformers import AutoConfig
+
+        import slm_hf  # noqa: F401  (registers the model)
+
+        summary["gpu"] = results.get("device")
+        write_results("gpu_train_check", summary, shape=model_shape(AutoConfig.from_pretrained(run / "final")))
     print(json.dumps(summary, indent=2))
     sys.exit(0 if status == 0 and summary["no_nan"] and summary["loss_fell"] else 1)
 

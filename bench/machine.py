@@ -18,6 +18,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # Where write_results writes and bench/report.py reads; SLM_BENCH_RESULTS redirects both (make bench BENCH_QUICK=1
 # writes its smoke-run figures elsewhere, so that they are never committed as results).
 RESULTS_DIR = Path(os.environ.get("SLM_BENCH_RESULTS") or ROOT / "bench" / "results")
+# The shape every side-by-side benchmark measures, and the one bench/report.py calls current: the cpu-demo preset's.
+CPU_DEMO_CONFIG = ROOT / "configs" / "cpu-demo.yaml"
+BENCH_VOCAB_SIZE = 4096  # the shipped sample's vocabulary, which cpu-demo trains on
 
 # The CPU flags that decide how fast bf16 arithmetic runs here (lscpu's names).
 RELEVANT_FLAGS = ("amx_bf16", "amx_tile", "amx_int8", "avx512_bf16", "avx512f", "avx2")
@@ -87,6 +90,14 @@ def write_results(benchmark: str, results: dict, *, shape: dict | None = None, c
 # The fields of a model's shape that a results file names (bench/report.py compares them with configs/cpu-demo.yaml).
 SHAPE_NAMES = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
                "vocab_size", "max_position_embeddings")
+
+
+def cpu_demo_shape(config_path: Path = CPU_DEMO_CONFIG):
+    """(TrainingConfig, SLMConfig) of the benchmarked shape: the cpu-demo preset's model and batch, vocabulary 4096."""
+    from slm_hf.training_config import TrainingConfig
+
+    config = TrainingConfig.load(config_path)
+    return config, config.model_config(vocab_size=BENCH_VOCAB_SIZE, eos_token_id=0)
 
 
 def model_shape(config) -> dict:

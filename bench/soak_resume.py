@@ -14,7 +14,8 @@ after the loss curve). After each kill the phase the run was really in is read f
     python bench/soak_resume.py                                  # 20 kills, then 5 on 2 processes, 3 compiled, ...
     python bench/soak_resume.py --kills 4 --skip-ddp --skip-compiled --skip-accumulation    # a quick check
 
-Results: a JSON file in bench/results/ (--json) and the figures printed; BENCHMARKS.md quotes them.
+Results: bench/results/soak_resume_<cpu>_<date>.json (or --json; bench/machine.py:write_results) and the figures
+printed; bench/report.py renders them into BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -371,7 +372,7 @@ def main(argv=None):
     parser.add_argument("--max-steps", type=int, default=120)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=Path("/tmp/slm-soak"))
-    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / f"soak_resume_{time.strftime('%Y-%m-%d')}.json")
+    parser.add_argument("--json", type=Path, help="the results file (default: bench/machine.py's name for it)")
     parser.add_argument("--skip-single", action="store_true", help="keep the 1-process figures already in --json")
     parser.add_argument("--skip-ddp", action="store_true")
     parser.add_argument("--skip-compiled", action="store_true")
@@ -385,14 +386,17 @@ def main(argv=None):
     shutil.rmtree(args.work, ignore_errors=True)
     data = args.work / "data"
     prepare_data("sample", out_dir=data, vocab_size=512, max_stories=400, show_progress=False)
-    results = json.loads(args.json.read_text()) if args.skip_single and args.json.is_file() else {}
-    results.update(command="python bench/soak_resume.py " + " ".join(argv or sys.argv[1:]), seed=args.seed)
+    from machine import write_results
+
+    earlier = args.json and args.skip_single and args.json.is_file()
+    results = json.loads(args.json.read_text())["results"] if earlier else {}
+    results.update(seed=args.seed)
     started = time.perf_counter()
 
     def save():
         results["wall_time_s"] = round(time.perf_counter() - started)
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        args.json = write_results("soak_resume", results, out=args.json,
+                                  command=["python", "bench/soak_resume.py", *(argv or sys.argv[1:])])
 
     if not args.skip_single:
         results["single_process"] = soak(data, args.work / "single", args.kills, args.max_steps, args.seed)
