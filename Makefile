@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test bench clean
 
 setup: $(VENV)/.installed
 
@@ -29,5 +29,11 @@ test: setup
 	bash scripts/install_web.sh
 	$(BIN)/python -m pytest -q --numprocesses auto --dist loadfile
 
+# The side-by-side benchmarks on this machine (bench/suite.py, docs/benchmarks.md), results in bench/results/ and
+# BENCHMARKS.md re-rendered: about 30 minutes on 2 cores. BENCH_QUICK=1: a smoke run of the plumbing (a few minutes),
+# its figures under runs/bench-quick/, never in bench/results/.
+bench: setup
+	$(BIN)/python bench/suite.py $(if $(filter 1,$(BENCH_QUICK)),--quick)
+
 clean:
-	rm -rf $(VENV) data/sample runs/cpu-demo
+	rm -rf $(VENV) data/sample runs/cpu-demo runs/bench runs/bench-quick

@@ -97,3 +97,14 @@ def test_a_file_that_is_not_a_results_file_is_one_error_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
     assert "typed_by_hand.json: not a results file" in result.stderr
+
+
+def test_make_bench_runtimes_alone_needs_the_quality_model(tmp_path):
+    """`make bench`'s driver refuses, in one line and before measuring anything, a piece whose input is missing."""
+    command = [sys.executable, str(REPO_ROOT / "bench" / "suite.py"), "--quick", "--pieces", "runtimes", "--work",
+               str(tmp_path / "work")]
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "SLM_BENCH_RESULTS": str(tmp_path / "results")}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: the runtimes piece needs the quality piece's model")
+    assert result.stderr.count("\n") == 1 and not (tmp_path / "results").exists()
