@@ -51,5 +51,5 @@ def compile_if_asked(model: torch.nn.Module, compile: bool, device: torch.device
         return
     compile_layers_and_loss(model)
     if precision == "bf16" and device.type == "cuda":
-        log("warning: bf16 with compiled layers diverged in our GPU measurements (torch 2.11, BENCHMARKS.md) "
+        log("warning: bf16 with compiled layers diverged in one H100 run on torch 2.11 (BENCHMARKS.md, History) "
             "where fp16 trained well: prefer --mixed-precision fp16 with compile=true")
