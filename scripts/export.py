@@ -5,7 +5,7 @@
     python scripts/export.py --model runs/cpu-demo/final --to gguf --out exports/gguf --gguf-type q8_0
     python scripts/export.py --model runs/cpu-demo/final --to onnx --out exports/onnx
 
-llama: a LlamaForCausalLM folder that transformers 4.45+ and 5.x load without remote code (and vLLM, TGI...).
+llama: a LlamaForCausalLM folder that transformers 5.x and 4.x load without remote code (and vLLM, TGI...).
 gguf: one .gguf file (f32, f16 or q8_0) that llama.cpp runs, written with the gguf package.
 onnx: the Llama folder plus onnx/model.onnx with a KV cache, for onnxruntime and transformers.js.
 A model that a Llama cannot express (learned positions, LayerNorm, GELU, biases) is refused.

@@ -9,7 +9,7 @@ Before uploading it checks the folder offline: the files, the model card's metad
 with transformers alone (trust_remote_code=True). --dry-run stops there and lists what would be uploaded, changing
 nothing on disk. The model card (README.md) is re-rendered first so that its examples name --repo-id; --keep-card
 uploads it as it is. --format llama uploads the folder's Llama export instead (LlamaForCausalLM: loads with no
-remote code at all, in transformers 4.45+ and 5.x). Log in first with `hf auth login`, or set HF_TOKEN.
+remote code at all, in transformers 5.x and 4.x). Log in first with `hf auth login`, or set HF_TOKEN.
 """
 
 import sys

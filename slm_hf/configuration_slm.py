@@ -108,7 +108,8 @@ class SLMConfig(PretrainedConfig):
         dropout (`float`): dropout on the embeddings and on the residual branches (the attention and feed-forward
             outputs).
         attention_dropout (`float`, *optional*): dropout on the attention probabilities; defaults to `dropout`.
-            On a CPU its masks over every (query, key) pair cost far more than the residual ones (see BENCHMARKS.md).
+            On a CPU its masks over every (query, key) pair cost far more than the residual ones (measured on the
+            288 x 6 shape of earlier sessions: bench/results/BENCHMARKS_handwritten_until_c74a0be.md).
         initializer_range (`float`): standard deviation of the normal initialisation; the projections that
             write into the residual stream are scaled down by `sqrt(2 * num_hidden_layers)` (GPT-2).
         tie_word_embeddings (`bool`): share the input embedding matrix with the language-model head.

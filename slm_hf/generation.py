@@ -127,8 +127,8 @@ def load_pretrained(
         revision: the Hub revision (branch, tag or commit) to load; pin one when trusting remote code.
         trust_remote_code: allow the model's own Python files to run. Not needed for SLM models (`slm_hf`
             provides their classes), only for other custom architectures.
-        int8: convert an SLM model for fast inference (`SLMForCausalLM.quantize_int8`: int8 weights; about 2.5x
-            faster decoding at batch 1 on a CPU, see BENCHMARKS.md).
+        int8: convert an SLM model for fast inference (`SLMForCausalLM.quantize_int8`: int8 weights; faster
+            decoding at batch 1 on a CPU: BENCHMARKS.md, "Generation speed").
 
     Raises:
         SLMError: the folder or id does not hold a model and a tokenizer, or the Hub cannot be reached.

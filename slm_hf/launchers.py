@@ -5,7 +5,7 @@ The same `scripts/train.py` runs under plain `python`, `accelerate launch` (with
 
 - Threads. `accelerate launch` sets `OMP_NUM_THREADS=1` unless told otherwise (`--cpu` or a config file may give
   more), and `torchrun` does the same for several processes: PyTorch then trains on one core where plain `python`
-  uses all of them (1.8x slower on 2 cores). `cpu_threads` tells a launcher's default from the user's own choice by
+  uses all of them (`bench/bench_launchers.py` measures each launcher). `cpu_threads` tells a launcher's default from the user's own choice by
   reading the launcher process's environment and command line, and gives each local process its share of the cores.
 - Processes. `accelerate launch --cpu --num_processes 2` (or a `MULTI_CPU` config file) starts one process;
   `accelerate launch --multi_gpu` and `torchrun` on a machine without GPUs start several that Accelerate, unless

@@ -545,7 +545,8 @@ class SLMForCausalLM(SLMPreTrainedModel, GenerationMixin):
         """Convert this model, in place, for fast CPU inference: int8 weights in every linear layer (the attention and
         feed-forward projections and the language-model head); embeddings, norms and activations keep their dtype.
 
-        The fastest way to run `generate()` on a CPU (see BENCHMARKS.md, also for its accuracy against fp32).
+        A fast way to run `generate()` on a CPU (BENCHMARKS.md, "Generation speed"; its accuracy against fp32 was
+        measured on the 288 x 6 shape of earlier sessions: bench/results/BENCHMARKS_handwritten_until_c74a0be.md).
         Inference only: the converted model cannot be trained or saved.
         """
         self.eval()

@@ -4,7 +4,7 @@ The bar and the run's messages share one stream (standard output), so a message 
 bar: in a terminal it is written above the bar (`tqdm.write`). Standard output, not standard error, because
 `accelerate launch` pipes its child's standard error through itself: a bar there would not know it is shown in a
 terminal. Where standard output is not a terminal (`> run.log`, `nohup`, CI), there is no bar and no carriage
-return: a line such as `step 200/1,378 (15%): loss 3.214, lr 1.20e-03, 11,372 tok/s, 1m02s elapsed` every
+return: a line of the form `step S/N (P%): loss L, lr R, T tok/s, M elapsed` every
 `line_interval_s` seconds, and one at the last step.
 """
 

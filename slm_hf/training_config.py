@@ -111,7 +111,7 @@ class TrainingConfig:
 
     # Where training windows start: "anywhere" in the token stream, or "stories": at an <|endoftext|>, so that
     # every window opens with a story's beginning, as a generation from a prompt does (evaluation reads windows
-    # that start anywhere; BENCHMARKS.md measures "stories" 5% worse in 10 minutes of cpu-demo).
+    # that start anywhere; "stories" scored worse in 10 minutes of cpu-demo: BENCHMARKS.md, History, 2026-12-04).
     window_starts: str = "anywhere"
 
     # The optimizer: "adamw" for every parameter, or "muon": torch.optim.Muon (orthogonalised momentum) for the

@@ -109,8 +109,8 @@ class MasterWeights:
     gradients move to the fp32 module, which the optimizer updates and which is copied back into the bf16 one.
     Updates smaller than bf16's resolution accumulate in the fp32 weights instead of being rounded away. (The
     gradients of one update's micro-batches still add up in bf16, in the buffers DDP all-reduces: with many
-    micro-batches per update that sum is rounded more than under autocast.) See BENCHMARKS.md for what it measures
-    against autocast.
+    micro-batches per update that sum is rounded more than under autocast.) BENCHMARKS.md, "Training step", measures it
+    against autocast (on a CPU with bf16 arithmetic).
 
     `module` (fp32) is what the optimizer holds, what checkpoints save (`accelerator.register_for_checkpointing`)
     and what the model folders export; `compute` (bf16) is what the loop runs.
