@@ -13,7 +13,8 @@ Recipes (`--recipes`):
              probabilities): for longer budgets, which pass over the 2.5M training tokens many times
     llama    transformers' LlamaForCausalLM (bench/peers.py) of ours' shape (width, depth, heads, intermediate,
              vocabulary and context of cpu-demo.yaml) trained by our loop with a plain recipe, pinned here:
-             batch 16 x 256, AdamW 2e-3 cosine to 2e-4, warmup 100, weight decay 0.1, clip 1.0, bf16, eager
+             batch 16 x 256, AdamW 2e-3 cosine to 2e-4, warmup 100, weight decay 0.1, clip 1.0, eager, bf16 where
+             this CPU's bf16 products are fast (else fp32, as ours)
 
 Data: the shared TinyStories text (train.txt for training, valid.txt for validation only) prepared once with
 `slm_hf.data.prepare_data` into OUT/data (a BPE trained on train.txt: 4096 tokens, or `--vocab-size`), reused on later
@@ -95,7 +96,8 @@ LLAMA_RECIPE = dict(
     betas=(0.9, 0.95),
     eps=1e-8,
     grad_clip=1.0,
-    mixed_precision="bf16",
+    mixed_precision="auto",  # as ours: bf16 where this CPU's bf16 products are fast (the same as "bf16" there),
+                             # fp32 where bf16 is emulated (pinned "bf16" trained Llama many times slower there)
     compile=False,  # plain: eager PyTorch
 )
 
