@@ -53,11 +53,15 @@ def cpu_slug() -> str:
 
 
 def commit() -> str | None:
+    """The checkout's commit, with "+changes" where tracked files differ from it (the code measured is not HEAD's)."""
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                               check=True).stdout.strip()
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                                 capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
+    return f"{head}+changes" if changed else head
 
 
 def describe() -> dict:

@@ -115,8 +115,10 @@ def number(value) -> str:
         return f"{value:,}"
     if abs(value) >= 1000:
         return f"{value:,.0f}"
-    if abs(value) >= 100:
+    if abs(value) >= 10:
         return f"{value:.1f}"
+    if abs(value) >= 1:
+        return f"{value:.2f}"
     if value == 0 or abs(value) >= 0.01:
         return f"{value:.3f}"
     return f"{value:.2e}"

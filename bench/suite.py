@@ -66,7 +66,7 @@ def piece_command(name: str, mode: str, out: Path) -> list[str]:
         arguments += ["--budgets", minutes, "--out", str(out / "quality")]
     if name == "runtimes":  # the model the quality piece trained (final/: a short run may have no best/)
         arguments += ["--model", str(out / "quality" / "runs" / f"ours-{float(minutes):g}min" / "final")]
-    return [sys.executable, str(BENCH / script), *arguments]
+    return [sys.executable, str((BENCH / script).relative_to(ROOT)), *arguments]  # run from ROOT
 
 
 def main(argv=None) -> int:

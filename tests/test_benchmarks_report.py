@@ -83,7 +83,7 @@ def test_current_history_and_a_benchmark_without_a_renderer(tmp_path, current_sh
     assert "999" not in today and "old1111" not in today and "new2222" in today
     # the benchmark nobody wrote a renderer for: shown generically, in full
     assert "## serve (generic rendering), Test CPU" in today
-    assert "- clients: 4" in today and "| concurrency | requests_per_s |" in today and "| 4 | 12.500 |" in today
+    assert "- clients: 4" in today and "| concurrency | requests_per_s |" in today and "| 4 | 12.5 |" in today
     # History: the older run and the retired shape, each labelled with its shape and commit; raw files as links
     assert "commit old1111" in history and "7,000" in history
     assert "shape 288 x 6" in history and "999" in history
