@@ -79,6 +79,8 @@ def test_current_history_and_a_benchmark_without_a_renderer(tmp_path, current_sh
     assert ("| training step >= 1.5x Llama of the same shape (issue 4), both compiled | 1.50x (9,000 tokens/s, "
             "bf16-master-compiled, MFU 50.0%);") in today
     assert "2.25x Llama's best eager mode | yes |" in today
+    assert ("| training step >= 3x Llama at Llama's best precision (issue 6) | 1.50x (SLM bf16-master-compiled "
+            "against Llama bf16-master-compiled) | no |") in today
     assert "| generate() at batch 1 >= 3x Llama's generate() | not measured | - |" in today
     assert "999" not in today and "old1111" not in today and "new2222" in today
     # the benchmark nobody wrote a renderer for: shown generically, in full
