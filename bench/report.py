@@ -286,6 +286,13 @@ def ratio_text(mine: float | None, peer: float | None) -> str:
     return f"{mine / peer:.2f}x" if mine and peer else "not measured"
 
 
+def goal(name: str, measured: str | None = None, met: bool | None = None) -> tuple[str, str, str]:
+    """One row of "Where we stand": a goal, what was measured ("not measured" if nothing), and whether it is met."""
+    if measured is None:
+        return name, "not measured", "-"
+    return name, measured, "yes" if met else "no"
+
+
 def goals(current: list[Record]) -> list[tuple[str, str, str]]:
     """(goal, measured, met?) from the current results of one CPU; "not measured" where a benchmark is missing."""
     by_name = {record.benchmark: record.results for record in current}
@@ -296,60 +303,54 @@ def goals(current: list[Record]) -> list[tuple[str, str, str]]:
     ours = max(compiled, key=lambda row: row["tokens_per_s"]) if compiled else None
     llama_compiled = rows_by(train, model="llama", precision=ours["precision"]) if ours else []
     llama_eager = [row["tokens_per_s"] for row in rows_by(train, model="llama") if "compiled" not in row["precision"]]
+    name = "training step >= 1.5x Llama of the same shape, both compiled (issue 4)"
     if ours and llama_compiled:
         ratio = ours["tokens_per_s"] / llama_compiled[0]["tokens_per_s"]
         eager = ratio_text(ours["tokens_per_s"], max(llama_eager) if llama_eager else None)
-        rows.append(("training step >= 1.5x Llama of the same shape (issue 4), both compiled",
-                     f"{ratio:.2f}x ({number(ours['tokens_per_s'])} tokens/s, {ours['precision']}, MFU "
-                     f"{ours.get('mfu', 0):.1%}); {eager} Llama's best eager mode", "yes" if ratio >= 1.5 else "no"))
+        rows.append(goal(name, f"{ratio:.2f}x ({number(ours['tokens_per_s'])} tokens/s, {ours['precision']}, MFU "
+                               f"{ours.get('mfu', 0):.1%}); {eager} Llama's best eager mode", ratio >= 1.5))
     else:
-        rows.append(("training step >= 1.5x Llama of the same shape (issue 4)", "not measured", "-"))
+        rows.append(goal(name))
     slm_rows, llama_rows = rows_by(train, model="slm"), rows_by(train, model="llama")
+    name = "training step >= 3x Llama at Llama's best precision (issue 6)"
     if slm_rows and llama_rows:
         best, peer = (max(rows_, key=lambda row: row["tokens_per_s"]) for rows_ in (slm_rows, llama_rows))
         ratio = best["tokens_per_s"] / peer["tokens_per_s"]
-        rows.append(("training step >= 3x Llama at Llama's best precision (issue 6)",
-                     f"{ratio:.2f}x (SLM {best['precision']} against Llama {peer['precision']})",
-                     "yes" if ratio >= 3 else "no"))
+        rows.append(goal(name, f"{ratio:.2f}x (SLM {best['precision']} against Llama {peer['precision']})",
+                         ratio >= 3))
     else:
-        rows.append(("training step >= 3x Llama at Llama's best precision (issue 6)", "not measured", "-"))
+        rows.append(goal(name))
 
     generate = by_name.get("generate", {})
     llama = rows_by(generate, model="llama", batch=1)
     ours = [row for row in rows_by(generate, batch=1) if row["model"].startswith("slm")]
+    name = "generate() at batch 1 >= 3x Llama's generate()"
     if llama and ours:
         best = max(ours, key=lambda row: row["tokens_per_s"])
         ratio = best["tokens_per_s"] / llama[0]["tokens_per_s"]
-        rows.append(("generate() at batch 1 >= 3x Llama's generate()",
-                     f"{ratio:.2f}x, {number(best['tokens_per_s'])} tokens/s ({best['model']})",
-                     "yes" if ratio >= 3 else "no"))
+        rows.append(goal(name, f"{ratio:.2f}x, {number(best['tokens_per_s'])} tokens/s ({best['model']})", ratio >= 3))
     else:
-        rows.append(("generate() at batch 1 >= 3x Llama's generate()", "not measured", "-"))
+        rows.append(goal(name))
 
     runs = by_name.get("quality", {}).get("runs", {})
     ours, llama = runs.get("ours-10min"), runs.get("llama-10min")
-    if ours:
-        bpb = ours["val_bits_per_byte"]
-        rows.append(("<= 0.90 bits/byte after 10 minutes on this CPU", f"{bpb:.3f}", "yes" if bpb <= 0.90 else "no"))
-    else:
-        rows.append(("<= 0.90 bits/byte after 10 minutes on this CPU", "not measured", "-"))
+    name = "<= 0.90 bits/byte after 10 minutes on this CPU"
+    rows.append(goal(name, f"{ours['val_bits_per_byte']:.3f}", ours["val_bits_per_byte"] <= 0.90) if ours
+                else goal(name))
+    name = ">= 10% below Llama of the same shape after 10 minutes"
     if ours and llama:
         below = 1 - ours["val_bits_per_byte"] / llama["val_bits_per_byte"]
-        rows.append((">= 10% below Llama of the same shape after 10 minutes",
-                     f"{below:.1%} below ({ours['val_bits_per_byte']:.3f} vs {llama['val_bits_per_byte']:.3f})",
-                     "yes" if below >= 0.10 else "no"))
+        rows.append(goal(name, f"{below:.1%} below ({ours['val_bits_per_byte']:.3f} vs "
+                               f"{llama['val_bits_per_byte']:.3f})", below >= 0.10))
     else:
-        rows.append((">= 10% below Llama of the same shape after 10 minutes", "not measured", "-"))
+        rows.append(goal(name))
 
-    data = by_name.get("data", {})
-    if "full_split_extrapolated_s" in data:
-        seconds = data["full_split_extrapolated_s"]
-        rows.append(("the full 1.9 GB training split to train.bin in <= 300 s",
-                     f"{seconds:.0f} s (extrapolated from the measured rate)", "yes" if seconds <= 300 else "no"))
-    else:
-        rows.append(("the full 1.9 GB training split to train.bin in <= 300 s", "not measured", "-"))
-    rows += [(goal, "not measured by `make bench`; earlier measurements of other shapes: History", "-")
-             for goal in GOALS_OUTSIDE_THE_SUITE]
+    seconds = by_name.get("data", {}).get("full_split_extrapolated_s")
+    name = "the full 1.9 GB training split to train.bin in <= 300 s"
+    rows.append(goal(name, f"{seconds:.0f} s (extrapolated from the measured rate)", seconds <= 300)
+                if seconds is not None else goal(name))
+    rows += [(goal_name, "not measured by `make bench`; earlier measurements of other shapes: History", "-")
+             for goal_name in GOALS_OUTSIDE_THE_SUITE]
     return rows
 
 

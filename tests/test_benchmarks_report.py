@@ -76,7 +76,7 @@ def test_current_history_and_a_benchmark_without_a_renderer(tmp_path, current_sh
     today, history = text.split("## History")
 
     # Where we stand: the newest train_step on the current shape (9,000 / 6,000), nothing of the retired shape
-    assert ("| training step >= 1.5x Llama of the same shape (issue 4), both compiled | 1.50x (9,000 tokens/s, "
+    assert ("| training step >= 1.5x Llama of the same shape, both compiled (issue 4) | 1.50x (9,000 tokens/s, "
             "bf16-master-compiled, MFU 50.0%);") in today
     assert "2.25x Llama's best eager mode | yes |" in today
     assert ("| training step >= 3x Llama at Llama's best precision (issue 6) | 1.50x (SLM bf16-master-compiled "
