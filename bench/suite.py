@@ -8,7 +8,7 @@ The pieces, in order, each a bench script writing its results file through bench
   train      bench/bench_train.py: the training step, SLM against Llama of the cpu-demo shape, eager and compiled:
              on a CPU with bf16 arithmetic (AVX512-BF16 or AMX) Accelerate's bf16 autocast and the loop's bf16 with
              compiled layers and loss, elsewhere fp32 and fp32 compiled (bf16 is emulated there, many times slower)
-  generate   bench/bench_generate.py: generate() at batch 1, ours (fp32, int8, compiled, compiled int8) and Llama's
+  generate   bench/bench_generate.py: generate() at batch 1, ours (fp32, int8, compiled) and Llama's
   quality    bench/bench_quality.py: ours (cpu-demo) and Llama of its shape, the same minutes each, scored on all
              600 stories of the shared valid.txt
   runtimes   bench/bench_runtimes.py: the quality run's model in generate() fp32 / int8, llama.cpp on its GGUF export
@@ -38,7 +38,7 @@ PIECES = {
     "train": ("bench_train.py", ["--steps", "8", "--warmup", "2", "--repeats", "2"],
               ["--steps", "2", "--warmup", "1", "--repeats", "1"]),
     "generate": ("bench_generate.py", ["--batch-sizes", "1", "--new-tokens", "256", "--repeats", "3", "--variants",
-                                       "slm", "llama", "slm-int8", "slm-compiled", "slm-compiled-int8"],
+                                       "slm", "llama", "slm-int8", "slm-compiled"],
                  ["--batch-sizes", "1", "--new-tokens", "16", "--repeats", "1", "--variants", "slm", "llama",
                   "slm-int8"]),
     "quality": ("bench_quality.py", ["--recipes", "ours", "llama", "--rerun"],
