@@ -396,7 +396,7 @@ def write_invocation(results: dict, labels: list[str], budgets: list[Budget], ou
     runs = {name: results["runs"][name] for b in budgets for label in labels
             if (name := run_name(label, b)) in results["runs"]}
     shapes = [json.dumps(run.get("shape"), sort_keys=True) for run in runs.values()]
-    shape = json.loads(shapes[0]) if shapes and len(set(shapes)) == 1 else {"shapes": "one per run, in the table"}
+    shape = json.loads(shapes[0]) if shapes and len(set(shapes)) == 1 else {"varies": True}
     path = write_results("quality", {"data": results["data"], "runs": runs}, shape=shape, out=out)
     print(f"\nwritten to {path}")
 

@@ -170,6 +170,8 @@ def shape_text(shape: dict | None) -> str:
     """"256 x 3, 4 heads, intermediate 704, ..." (width x layers first); a shape of another form as its words."""
     if not shape:
         return "no model"
+    if shape.get("varies"):  # a results file of runs of several shapes (bench_quality.py with --set)
+        return "one per run (see the table)"
     if "hidden_size" not in shape or "num_hidden_layers" not in shape:
         return ", ".join(f"{k} {cell(v)}" for k, v in shape.items())
     rest = [f"{SHAPE_WORDS.get(k, k)} {number(v)}" for k, v in shape.items()
