@@ -166,6 +166,8 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues(launcher, processes, tin
         finally:
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
+    else:
+        raise AssertionError(f"every port the run was given was taken first:\n{stderr[-2000:]}")
     stopped = re.search(r"stopped by SIG(?:INT|TERM) at step (\d+); checkpoint saved", stdout)
     assert stopped, stdout[-2000:] + stderr[-3000:]
     step = int(stopped.group(1))
