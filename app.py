@@ -100,9 +100,15 @@ class StoryTeller:
         """`int8`: int8 weights (the model's `quantize_int8`), faster stories on a CPU with bf16 arithmetic
         (BENCHMARKS.md)."""
         trust_remote_code = not HAVE_SLM_HF  # the model's own code, from the (pinned) revision
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
+        if Path(name_or_path).is_file():
+            raise ValueError("it is a file; pass a model folder (a training run's final/) or a Hub id")
         model = AutoModelForCausalLM.from_pretrained(name_or_path, revision=revision,
                                                      trust_remote_code=trust_remote_code)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision,
+                                                      trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as error:
+            raise ValueError(f"its tokenizer does not load ({str(error).strip().splitlines()[0]})") from error
         if int8:
             if not hasattr(model, "quantize_int8"):
                 raise ValueError(f"int8 needs an SLM model, not a {type(model).__name__}")

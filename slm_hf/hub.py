@@ -35,7 +35,7 @@ from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 from huggingface_hub.utils import filter_repo_objects
 from huggingface_hub.utils._paths import DEFAULT_IGNORE_PATTERNS
 
-from .errors import SLMError
+from .errors import SLMError, folder_problem
 from .exporting.to_llama import export_llama
 from .model_card import check_model_card, render_model_card, write_model_card
 
@@ -106,8 +106,8 @@ def check_model_folder(model_dir: str | os.PathLike, *, require_card: bool = Tru
     """Raise `SLMError` unless `model_dir` is a complete model folder (and not a whole training run); without
     `require_card` its README.md may be missing (the caller renders one)."""
     folder = Path(model_dir)
-    if not folder.is_dir():
-        raise SLMError(f"{folder} is not a folder; pass a model folder such as runs/NAME/final")
+    if folder_problem(folder):
+        raise SLMError(f"model folder {folder} {folder_problem(folder)}; pass a model folder such as runs/NAME/final")
     run_outputs = (folder / "final").is_dir() or (folder / "best").is_dir() or (folder / "checkpoints").is_dir()
     if run_outputs and not (folder / "config.json").is_file():
         raise SLMError(

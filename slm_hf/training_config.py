@@ -274,7 +274,8 @@ class TrainingConfig:
         if path is not None:
             path = Path(path)
             if not path.is_file():
-                raise SLMError(f"config file {path} not found")
+                problem = "is a folder, not a YAML file" if path.is_dir() else "not found"
+                raise SLMError(f"config file {path} {problem}")
             try:
                 data = read_yaml(path.read_text(encoding="utf-8")) or {}
             except yaml.YAMLError as error:

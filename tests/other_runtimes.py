@@ -2,8 +2,8 @@
 
 `transformers4_python()` builds it on first use (about two minutes: torch from the same wheel as this venv's,
 transformers 4.x from the package index) under ~/.cache/slm_hf-tests/, outside the repository, and reuses it on
-every later run. It returns its interpreter, or calls `pytest.skip` with the reason when it cannot be built (no
-network to the package index, no space).
+every later run. It returns its interpreter, or calls `must_run.unavailable` with the reason when it cannot be
+built (no network to the package index, no space): a skip, or a failure in CI.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from must_run import unavailable
 
 CACHE = Path(os.environ.get("SLM_TEST_CACHE", Path.home() / ".cache" / "slm_hf-tests"))
 TRANSFORMERS_4_SPEC = "transformers>=4.45,<5"
@@ -45,9 +45,9 @@ def transformers4_python() -> Path:
                 try:
                     done = subprocess.run(step, stdout=output, stderr=subprocess.STDOUT, timeout=BUILD_TIMEOUT_S)
                 except subprocess.TimeoutExpired:
-                    pytest.skip(f"building the transformers 4.x venv took over {BUILD_TIMEOUT_S} s (log: {log})")
+                    unavailable(f"building the transformers 4.x venv took over {BUILD_TIMEOUT_S} s (log: {log})")
                 if done.returncode != 0:
-                    pytest.skip(f"the transformers 4.x venv could not be built ({' '.join(step[-2:])} failed; "
+                    unavailable(f"the transformers 4.x venv could not be built ({' '.join(step[-2:])} failed; "
                                 f"log: {log})")
         complete.write_text(wanted)
     return python

@@ -5,7 +5,9 @@ torch) and must exit with status 2 and print one line, starting `error:`, on std
 exception fails the test), no usage block. The files the case could touch (the fixtures' folders, the data and the
 trained run) must be byte for byte and timestamp for timestamp as they were.
 
-The `*_path` names in a case's arguments are fixture paths, filled in by `paths`.
+The `{name}`s in a case's arguments are fixture paths, filled in by `paths`. The word a case requires must be in the
+error line once every path the case passed in (and each part of it) is taken out: the message names the cause, not
+just the path. The fixtures' own names (p1, p2, ...) say nothing, so that no name can stand in for a cause.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import gzip
 import hashlib
 import importlib.util
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -26,15 +29,15 @@ from share_fixtures import REPO, data_folder, trained_run
 CASES = [
     # ------------------------------------------------------------------------------------------ prepare_data
     ("prepare_data", [], "--out"),
-    ("prepare_data", ["--out", "{new}", "--source", "{missing}"], "missing"),
-    ("prepare_data", ["--out", "{new}", "--source", "{empty_dir}"], "empty_dir"),
-    ("prepare_data", ["--out", "{new}", "--source", "{corrupt_gz}"], "corrupt.txt.gz"),
-    ("prepare_data", ["--out", "{new}", "--source", "{binary_txt}"], "binary.txt"),
+    ("prepare_data", ["--out", "{new}", "--source", "{missing}"], "no such file"),
+    ("prepare_data", ["--out", "{new}", "--source", "{empty_dir}"], "no stories found"),
+    ("prepare_data", ["--out", "{new}", "--source", "{corrupt_gz}"], "CRC check failed"),
+    ("prepare_data", ["--out", "{new}", "--source", "{binary_txt}"], "binary, not UTF-8"),
     ("prepare_data", ["--out", "{new}", "--source", "{jsonl}", "--text-column", "story"], "story"),
     ("prepare_data", ["--out", "{new}", "--vocab-size", "many"], "--vocab-size"),
     ("prepare_data", ["--out", "{new}", "--vocab-size", "0"], "vocab"),
     ("prepare_data", ["--out", "{new}", "--vocab-size", "-512"], "vocab"),
-    ("prepare_data", ["--out", "{new}", "--tokenizer", "{missing}"], "missing"),
+    ("prepare_data", ["--out", "{new}", "--tokenizer", "{missing}"], "not a local folder"),
     ("prepare_data", ["--out", "{new}", "--tokenizer", "{empty_tokenizer}"], "tokenizer"),
     ("prepare_data", ["--out", "{new}", "--val-fraction", "1.5"], "val"),
     ("prepare_data", ["--out", "{new}", "--val-fraction", "-0.1"], "val"),
@@ -45,22 +48,23 @@ CASES = [
     ("prepare_data", ["--out", "{new}", "--num-proc", "0"], "num"),
     ("prepare_data", ["--out", "{new}", "--num-proc", "two"], "--num-proc"),
     ("prepare_data", ["--out", "{new}", "--seed", "random"], "--seed"),
-    ("prepare_data", ["--out", "{a_file}"], "a-file"),
-    ("prepare_data", ["--out", "{under_a_file}"], "a-file"),
+    ("prepare_data", ["--out", "{a_file}"], "exists and is not a folder"),
+    ("prepare_data", ["--out", "{under_a_file}"], "not a directory"),
     ("prepare_data", ["--out", "{new}", "--source", "{jsonl}", "--data-files", "train=x.txt"], "data_files"),
     ("prepare_data", ["--out", "{new}", "--no-such-flag"], "--no-such-flag"),
     # ------------------------------------------------------------------------------------------------ train
-    ("train", ["--config", "{missing}", "--data", "{data}", "--out", "{new}"], "missing"),
-    ("train", ["--config", "{empty_dir}", "--data", "{data}", "--out", "{new}"], "empty_dir"),
-    ("train", ["--config", "{broken_yaml}", "--data", "{data}", "--out", "{new}"], "broken.yaml"),
-    ("train", ["--config", "{tiny}", "--data", "{missing}", "--out", "{new}"], "missing"),
-    ("train", ["--config", "{tiny}", "--data", "{a_file}", "--out", "{new}"], "a-file"),
+    ("train", ["--config", "{missing}", "--data", "{data}", "--out", "{new}"], "not found"),
+    ("train", ["--config", "{empty_dir}", "--data", "{data}", "--out", "{new}"], "is a folder, not a YAML file"),
+    ("train", ["--config", "{broken_yaml}", "--data", "{data}", "--out", "{new}"], "not valid YAML"),
+    ("train", ["--config", "{tiny}", "--data", "{missing}", "--out", "{new}"], "does not exist"),
+    ("train", ["--config", "{tiny}", "--data", "{a_file}", "--out", "{new}"], "a file, not a folder"),
     ("train", ["--config", "{tiny}", "--data", "{empty_dir}", "--out", "{new}"], "meta.json"),
     ("train", ["--config", "{tiny}", "--data", "{data}", "--out", "{under_a_file}"], "cannot write"),
     ("train", ["--config", "{tiny}", "--data", "{data}", "--out", "{run}"], "--resume auto"),
     ("train", ["--config", "{tiny}", "--data", "{other_data}", "--out", "{run}", "--resume", "auto"], "tokenizer"),
-    ("train", ["--config", "{tiny}", "--data", "{data}", "--out", "{new}", "--resume", "{missing}"], "missing"),
-    ("train", ["--config", "{tiny}", "--data", "{data}", "--out", "{new}", "--resume", "{a_file}"], "a-file"),
+    ("train", ["--config", "{tiny}", "--data", "{data}", "--out", "{new}", "--resume", "{missing}"], "does not exist"),
+    ("train", ["--config", "{tiny}", "--data", "{data}", "--out", "{new}", "--resume", "{a_file}"],
+     "is a file, not a folder"),
     ("train", ["--config", "{tiny}", "--data", "{data}", "--out", "{new}", "--resume", "{final}"], "manifest.json"),
     ("train", ["--config", "{tiny}", "--data", "{data}", "--out", "{run}", "--resume", "auto", "--overwrite"],
      "contradict"),
@@ -80,24 +84,24 @@ CASES = [
     # ------------------------------------------------------------------------------------------------ evaluate
     ("evaluate", ["--data", "{data}"], "--model"),
     ("evaluate", ["--model", "{final}"], "--data"),
-    ("evaluate", ["--model", "{missing}", "--data", "{data}"], "missing"),
-    ("evaluate", ["--model", "{a_file}", "--data", "{data}"], "a-file"),
-    ("evaluate", ["--model", "{empty_dir}", "--data", "{data}"], "empty_dir"),
+    ("evaluate", ["--model", "{missing}", "--data", "{data}"], "does not exist"),
+    ("evaluate", ["--model", "{a_file}", "--data", "{data}"], "not a model folder"),
+    ("evaluate", ["--model", "{empty_dir}", "--data", "{data}"], "no config.json"),
     ("evaluate", ["--model", "{truncated_model}", "--data", "{data}"], "model.safetensors"),
     ("evaluate", ["--model", "{empty_tokenizer}", "--data", "{data}"], "tokenizer"),
-    ("evaluate", ["--model", "{final}", "--data", "{missing}"], "missing"),
-    ("evaluate", ["--model", "{final}", "--data", "{corrupt_gz}"], "corrupt.txt.gz"),
-    ("evaluate", ["--model", "{final}", "--data", "{empty_dir}"], "empty_dir"),
+    ("evaluate", ["--model", "{final}", "--data", "{missing}"], "does not exist"),
+    ("evaluate", ["--model", "{final}", "--data", "{corrupt_gz}"], "CRC check failed"),
+    ("evaluate", ["--model", "{final}", "--data", "{empty_dir}"], "no meta.json"),
     ("evaluate", ["--model", "{final}", "--data", "{other_data}"], "tokenizer"),
     ("evaluate", ["--model", "{final}", "--data", "{data}", "--max-stories", "0"], "--max-stories"),
     ("evaluate", ["--model", "{final}", "--data", "{data}", "--max-stories", "all"], "--max-stories"),
     ("evaluate", ["--model", "{final}", "--data", "{data}", "--batch-size", "0"], "--batch-size"),
     ("evaluate", ["--model", "{final}", "--data", "{data}", "--device", "gpu9"], "gpu9"),
-    ("evaluate", ["--model", "{final}", "--data", "{data}", "--json", "{under_a_file}"], "a-file"),
+    ("evaluate", ["--model", "{final}", "--data", "{data}", "--json", "{under_a_file}"], "is a file, not a folder"),
     # ------------------------------------------------------------------------------------------------ generate
     ("generate", ["--prompt", "Once"], "--model"),
-    ("generate", ["--model", "{missing}", "--prompt", "Once"], "missing"),
-    ("generate", ["--model", "{a_file}", "--prompt", "Once"], "a-file"),
+    ("generate", ["--model", "{missing}", "--prompt", "Once"], "does not exist"),
+    ("generate", ["--model", "{a_file}", "--prompt", "Once"], "not a model folder"),
     ("generate", ["--model", "{truncated_model}", "--prompt", "Once"], "model.safetensors"),
     ("generate", ["--model", "{empty_tokenizer}", "--prompt", "Once"], "tokenizer"),
     ("generate", ["--model", "{other_arch}", "--prompt", "Once", "--int8"], "GPT2LMHeadModel"),
@@ -114,29 +118,29 @@ CASES = [
     ("generate", ["--model", "{final}", "--prompt", "Once", "--device", "gpu9"], "gpu9"),
     # --------------------------------------------------------------------------------------------- push_to_hub
     ("push_to_hub", ["--model", "{final}"], "--repo-id"),
-    ("push_to_hub", ["--model", "{missing}", "--repo-id", "me/slm", "--dry-run"], "missing"),
-    ("push_to_hub", ["--model", "{a_file}", "--repo-id", "me/slm", "--dry-run"], "a-file"),
-    ("push_to_hub", ["--model", "{empty_dir}", "--repo-id", "me/slm", "--dry-run"], "empty_dir"),
+    ("push_to_hub", ["--model", "{missing}", "--repo-id", "me/slm", "--dry-run"], "does not exist"),
+    ("push_to_hub", ["--model", "{a_file}", "--repo-id", "me/slm", "--dry-run"], "is a file, not a folder"),
+    ("push_to_hub", ["--model", "{empty_dir}", "--repo-id", "me/slm", "--dry-run"], "missing model.safetensors"),
     ("push_to_hub", ["--model", "{truncated_model}", "--repo-id", "me/slm", "--dry-run"], "model.safetensors"),
-    ("push_to_hub", ["--model", "{other_arch}", "--repo-id", "me/slm", "--dry-run"], "gpt2"),
+    ("push_to_hub", ["--model", "{other_arch}", "--repo-id", "me/slm", "--dry-run"], "missing configuration_slm.py"),
     ("push_to_hub", ["--model", "{final}", "--repo-id", "not a repo id!", "--dry-run"], "repo"),
     ("push_to_hub", ["--model", "{final}", "--repo-id", "a/b/c", "--dry-run"], "repo"),
     # ------------------------------------------------------------------------------------------------- export
     ("export", ["--to", "llama", "--out", "{new}"], "--model"),
     ("export", ["--model", "{final}", "--to", "tflite", "--out", "{new}"], "--to"),
     ("export", ["--model", "{final}", "--to", "gguf", "--out", "{new}", "--gguf-type", "q4_k"], "--gguf-type"),
-    ("export", ["--model", "{missing}", "--to", "llama", "--out", "{new}"], "missing"),
-    ("export", ["--model", "{a_file}", "--to", "llama", "--out", "{new}"], "a-file"),
+    ("export", ["--model", "{missing}", "--to", "llama", "--out", "{new}"], "does not exist"),
+    ("export", ["--model", "{a_file}", "--to", "llama", "--out", "{new}"], "is a file, not a folder"),
     ("export", ["--model", "{truncated_model}", "--to", "llama", "--out", "{new}"], "model.safetensors"),
     ("export", ["--model", "{other_arch}", "--to", "gguf", "--out", "{new}"], "gpt2"),
-    ("export", ["--model", "{final}", "--to", "llama", "--out", "{a_file}"], "a-file"),
-    ("export", ["--model", "{final}", "--to", "llama", "--out", "{under_a_file}"], "a-file"),
+    ("export", ["--model", "{final}", "--to", "llama", "--out", "{a_file}"], "exists and is not a folder"),
+    ("export", ["--model", "{final}", "--to", "llama", "--out", "{under_a_file}"], "is a file, not a folder"),
     # ------------------------------------------------------------------------------------------------- app.py
     ("app", [], "--model"),
-    ("app", ["--model", "{missing}"], "missing"),
-    ("app", ["--model", "{a_file}"], "a-file"),
+    ("app", ["--model", "{missing}"], "does not exist"),
+    ("app", ["--model", "{a_file}"], "is a file"),
     ("app", ["--model", "{truncated_model}"], "model"),
-    ("app", ["--model", "{empty_tokenizer}"], "tokenizer"),
+    ("app", ["--model", "{empty_tokenizer}"], "tokenizer does not load"),
     ("app", ["--model", "{other_arch}", "--int8"], "int8"),
     ("app", ["--model", "{final}", "--port", "http"], "--port"),
 ]
@@ -156,18 +160,18 @@ def paths(tmp_path_factory):
     paths = {
         "root": root,
         "new": root / "new-output",
-        "missing": root / "missing",
-        "a_file": root / "a-file",
-        "under_a_file": root / "a-file" / "inside",
-        "empty_dir": root / "empty_dir",
-        "corrupt_gz": root / "corrupt.txt.gz",
-        "binary_txt": root / "binary.txt",
-        "jsonl": root / "stories.jsonl",
-        "broken_yaml": root / "broken.yaml",
-        "empty_tokenizer": root / "empty-tokenizer",
-        "truncated_model": root / "truncated-model",
-        "other_arch": root / "gpt2-model",
-        "other_data": root / "other-tokenizer-data",
+        "missing": root / "p1",
+        "a_file": root / "p2",
+        "under_a_file": root / "p2" / "p3",
+        "empty_dir": root / "p4",
+        "corrupt_gz": root / "p5.txt.gz",
+        "binary_txt": root / "p6.txt",
+        "jsonl": root / "p7.jsonl",
+        "broken_yaml": root / "p8.yaml",
+        "empty_tokenizer": root / "p9",
+        "truncated_model": root / "p10",
+        "other_arch": root / "p11",
+        "other_data": root / "p12",
         "tiny": REPO / "configs" / "tiny.yaml",
         "data": data_folder(tmp_path_factory),
         "run": run,
@@ -208,6 +212,18 @@ def _snapshot(*roots: Path) -> dict[str, tuple]:
     return entries
 
 
+def _without_paths(line: str, passed: list[str]) -> str:
+    """`line` less every path the case passed in, the folders above them, and each file or folder name in them: a
+    word the test requires counts only where the message itself says it, never because a path contains it."""
+    whole = {str(folder) for path in passed for folder in [Path(path), *Path(path).parents] if folder != Path("/")}
+    for path in sorted(whole, key=len, reverse=True):  # the path, then the folders above it
+        line = line.replace(path, " ")
+    names = {part for path in passed for part in Path(path).parts if part != "/"}
+    for name in sorted(names, key=len, reverse=True):  # a name alone, not inside a longer word such as --data
+        line = re.sub(rf"(?<![\w.-]){re.escape(name)}(?![\w-])", " ", line)
+    return line
+
+
 _SCRIPTS: dict[str, object] = {}
 
 
@@ -242,5 +258,6 @@ def test_a_bad_input_is_one_error_line_status_2_and_touches_nothing(case, paths,
     lines = stderr.strip().splitlines()
     assert exit.value.code == 2, stderr
     assert len(lines) == 1 and lines[0].startswith("error: "), stderr
-    assert mentioned.lower() in lines[0].lower(), lines[0]
+    cause = _without_paths(lines[0], [arg for arg in argv if arg not in args])
+    assert mentioned.lower() in cause.lower(), f"{mentioned!r} not in {cause!r} (the line less the paths it echoes)"
     assert _snapshot(*roots) == before

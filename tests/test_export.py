@@ -1,5 +1,7 @@
 """Exports for other runtimes (scripts/export.py, slm_hf.exporting), each checked with the real runtime against our
-own model: the Llama folder in transformers 5 (in-process) and transformers 4.x (a second venv)."""
+own model: the Llama folder in transformers 5 (in-process) and transformers 4.x (a second venv), the GGUF files in
+llama.cpp, the ONNX file in onnxruntime. The lower-precision copies (GGUF f16 and q8_0, and the int8 inference copy
+`quantize_int8` makes) are held to a bound on their logits and to our greedy tokens (see COPY_BOUNDS)."""
 
 import json
 import shutil
@@ -9,14 +11,21 @@ import textwrap
 import pytest
 import torch
 
+from must_run import import_or_unavailable
 from other_runtimes import transformers4_python
-from share_fixtures import offline_env, trained_run
+from share_fixtures import SAMPLE_VALID, offline_env, trained_run
 
 STORIES = [
     "Once upon a time, there was a little girl named Lily. She loved to play in the park with her dog.",
     "Tom saw a big red ball. He kicked it high! \"Look, Mom,\" he said.",
 ]
 GREEDY_TOKENS = 40
+GREEDY_PROMPTS = ["Once upon a time", "Tom saw a big red ball.", "Lily and her mom went to the park."]
+# What a lower-precision copy must keep of our fp32 model, over the first 10 shipped validation stories (teacher-
+# forced, 128 tokens each) on the tiny test model: (the largest logit difference, the least share of positions with
+# our top-1 token). Set between what each copy measured (the tests print it) and what a broken one measured: f16
+# rounded like bf16, q8_0 with scales 2% off, int8 truncated instead of rounded.
+COPY_BOUNDS = {"f16": (2e-3, 0.999), "q8_0": (0.02, 0.99), "int8": (0.02, 0.99)}
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +69,47 @@ def _forward_greedy(model, ids, new_tokens=GREEDY_TOKENS):
         for _ in range(new_tokens):
             tokens.append(int(model(torch.tensor([tokens])).logits[0, -1].argmax()))
     return tokens[len(ids):]
+
+
+@pytest.fixture(scope="module")
+def fp32_reference(slm):
+    """What the copies are compared with, computed once: the validation windows (the first 10 shipped validation
+    stories, 128 tokens each), our logits on them, and our greedy tokens (full forward passes) after each prompt."""
+    from slm_hf.evaluation import read_story_file
+
+    model, tokenizer = slm
+    windows = [_prompt_ids(tokenizer, story)[:128] for story in read_story_file(SAMPLE_VALID, max_stories=10)]
+    with torch.no_grad():
+        logits = [model(torch.tensor([ids])).logits[0].numpy() for ids in windows]
+    greedy = {text: _forward_greedy(model, _prompt_ids(tokenizer, text)) for text in GREEDY_PROMPTS}
+    return windows, logits, greedy
+
+
+def _assert_logits_follow_ours(copy, ours_by_window, theirs_by_window):
+    """`copy`'s logits (one [positions, vocab] array a window) within its bound of ours, and its top-1 token ours at
+    its share of the positions at least (COPY_BOUNDS)."""
+    import numpy as np
+
+    ours, theirs = np.concatenate(ours_by_window), np.concatenate(theirs_by_window)
+    error = float(abs(theirs - ours).max())
+    agreement = float((theirs.argmax(-1) == ours.argmax(-1)).mean())
+    print(f"{copy}: max |logit difference| {error:.2e}, top-1 agreement {agreement:.4f} over {len(ours)} positions")
+    bound, least_agreement = COPY_BOUNDS[copy]
+    assert error < bound and agreement >= least_agreement, (error, agreement)
+
+
+def _assert_greedy_follows_ours(copy, model, prompt, ours, theirs):
+    """`theirs` (the copy's greedy tokens after `prompt`) are `ours`, or part from them only at a near tie: where our
+    top two logits were closer than twice the copy's logit bound (COPY_BOUNDS), so that its rounding may pick
+    either."""
+    parted = next((at for at, (a, b) in enumerate(zip(ours, theirs)) if a != b), None)
+    if parted is None:
+        assert len(theirs) == len(ours)
+        return
+    with torch.no_grad():
+        first, second = model(torch.tensor([prompt + ours[:parted]])).logits[0, -1].topk(2).values.tolist()
+    print(f"{copy}: greedy tokens part at token {parted} of {len(ours)}, where ours led by {first - second:.2e}")
+    assert first - second < 2 * COPY_BOUNDS[copy][0], (parted, first - second)
 
 
 # ------------------------------------------------------------------------------------------------------- llama
@@ -215,8 +265,7 @@ def gguf_files(final, tmp_path_factory):
 
 
 def _llama_cpp(path, **options):
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install "
-                                                        "'slm-hf[export]'; make setup installs it)")
+    llama_cpp = import_or_unavailable("llama_cpp", "pip install 'slm-hf[export]'; make setup installs it")
     return llama_cpp.Llama(model_path=str(path), n_ctx=128, n_threads=1, verbose=False, **options)
 
 
@@ -243,21 +292,64 @@ def test_llama_cpp_tokenizes_like_the_llama_tokenizer(gguf_files, llama_dir):
         assert llm.detokenize(ids[1:]).decode() == text
 
 
-def test_llama_cpp_generates_our_greedy_tokens_at_f32(slm, gguf_files):
-    model, tokenizer = slm
-    prompt = _prompt_ids(tokenizer, "Once upon a time")
-    llm = _llama_cpp(gguf_files["f32"], logits_all=True)
-    llm.eval(prompt)
-    with torch.no_grad():
-        ours = model(torch.tensor([prompt])).logits[0].numpy()
-    assert abs(llm.scores[: len(prompt)] - ours).max() < 1e-3
+def _llama_cpp_greedy(llm, prompt):
     llm.reset()
     generated = []
     for token in llm.generate(prompt, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0):
         generated.append(token)
         if len(generated) == GREEDY_TOKENS:
             break
-    assert generated == _forward_greedy(model, prompt)
+    return generated
+
+
+def _llama_cpp_logits(llm, ids):
+    llm.reset()
+    llm.eval(ids)
+    return llm.scores[: len(ids)].copy()
+
+
+def test_llama_cpp_generates_our_greedy_tokens_at_f32(slm, gguf_files):
+    model, tokenizer = slm
+    prompt = _prompt_ids(tokenizer, "Once upon a time")
+    llm = _llama_cpp(gguf_files["f32"], logits_all=True)
+    with torch.no_grad():
+        ours = model(torch.tensor([prompt])).logits[0].numpy()
+    assert abs(_llama_cpp_logits(llm, prompt) - ours).max() < 1e-3
+    assert _llama_cpp_greedy(llm, prompt) == _forward_greedy(model, prompt)
+
+
+@pytest.mark.parametrize("gguf_type", ["f16", "q8_0"])
+def test_llama_cpp_follows_our_logits_and_greedy_tokens_at_f16_and_q8_0(slm, fp32_reference, gguf_files, gguf_type):
+    """f16: our greedy tokens exactly, on every prompt. q8_0: its logits within the bound, and our greedy tokens up
+    to a near tie (on the barely trained test model, the first token after "Once upon a time" is one)."""
+    model, tokenizer = slm
+    windows, logits, greedy = fp32_reference
+    llm = _llama_cpp(gguf_files[gguf_type], logits_all=True)
+    _assert_logits_follow_ours(gguf_type, logits, [_llama_cpp_logits(llm, ids) for ids in windows])
+    for text in GREEDY_PROMPTS:
+        prompt = _prompt_ids(tokenizer, text)
+        ours, theirs = greedy[text], _llama_cpp_greedy(llm, prompt)
+        if gguf_type == "f16":
+            assert theirs == ours, text
+        else:
+            _assert_greedy_follows_ours(gguf_type, model, prompt, ours, theirs)
+
+
+# ------------------------------------------------------------------------------------------------ the int8 copy
+def test_the_int8_copy_follows_our_fp32_logits_and_greedy_tokens(slm, fp32_reference, final):
+    """`load_pretrained(..., int8=True)` (generate.py --int8, the app's --int8) against the fp32 model it came from:
+    logits within the bound over the validation windows, and generate()'s greedy tokens ours up to a near tie."""
+    from slm_hf.generation import load_pretrained
+
+    model, tokenizer = slm
+    windows, logits, _ = fp32_reference
+    int8, _ = load_pretrained(final, device="cpu", int8=True)
+    with torch.no_grad():
+        theirs = [int8(torch.tensor([ids])).logits[0].float().numpy() for ids in windows]
+    _assert_logits_follow_ours("int8", logits, theirs)
+    for text in GREEDY_PROMPTS:
+        prompt = _prompt_ids(tokenizer, text)
+        _assert_greedy_follows_ours("int8", model, prompt, _greedy(model, prompt), _greedy(int8, prompt))
 
 
 # -------------------------------------------------------------------------------------------------------- onnx

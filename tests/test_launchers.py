@@ -10,6 +10,7 @@ import json
 import os
 import pty
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from ports import fresh_ports, port_was_taken, run_on_a_free_port
 from slm_hf.launchers import Launch, process_count_problem
 from slm_hf.training_config import TrainingConfig
 
@@ -49,28 +51,20 @@ def environment(home, **extra):
     return env
 
 
-def free_port() -> str:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return str(sock.getsockname()[1])
-
-
 def train_args(data, out, *extra):
     return [TRAIN, "--config", TINY, "--data", str(data), "--out", str(out), *extra]
 
 
-def launched(launcher: str, processes: int = 1) -> list[str]:
-    """The command line that starts scripts/train.py under `launcher`."""
+def launched(launcher: str, processes: int = 1, port: int | None = None) -> list[str]:
+    """The command line that starts scripts/train.py under `launcher` (the 2-process ones rendezvous on `port`)."""
     if launcher == "python":
         return [sys.executable]
     if launcher == "accelerate":
         return ACCELERATE
     if launcher == "accelerate-2":  # the documented 2-process CPU route (ACCELERATE_USE_CPU=true in its env)
-        return [*ACCELERATE, "--multi_gpu", "--num_processes", str(processes), "--main_process_port", free_port()]
+        return [*ACCELERATE, "--multi_gpu", "--num_processes", str(processes), "--main_process_port", str(port)]
     if launcher == "torchrun":
-        return [*TORCHRUN, "--nproc_per_node", str(processes), "--master_port", free_port()]
+        return [*TORCHRUN, "--nproc_per_node", str(processes), "--master_port", str(port)]
     raise ValueError(launcher)
 
 
@@ -155,16 +149,25 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues(launcher, processes, tin
     # 2 processes x 1 micro-batch see the windows of 1 process x 2 micro-batches (the reference).
     run_args = RUN if processes == 1 else [*RUN, "gradient_accumulation_steps=1"]
     env = environment(home, OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="true")
-    command = [*launched(launcher, processes), *train_args(tiny_data_dir, out, *run_args)]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               cwd=ROOT, start_new_session=True)
-    try:
-        wait_for_steps(out, process, 10)
-        os.killpg(process.pid, signal.SIGINT)
-        stdout, stderr = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+    for port in fresh_ports():
+        command = [*launched(launcher, processes, port), *train_args(tiny_data_dir, out, *run_args)]
+        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   cwd=ROOT, start_new_session=True)
+        try:
+            wait_for_steps(out, process, 10)
+            os.killpg(process.pid, signal.SIGINT)
+            stdout, stderr = process.communicate(timeout=120)
+            break
+        except AssertionError:
+            stdout, stderr = process.communicate(timeout=120)
+            if not port_was_taken(stdout + stderr):
+                raise
+            shutil.rmtree(out, ignore_errors=True)  # what the run wrote before it lost its port
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+    else:
+        raise AssertionError(f"every port the run was given was taken first:\n{stderr[-2000:]}")
     stopped = re.search(r"stopped by SIG(?:INT|TERM) at step (\d+); checkpoint saved", stdout)
     assert stopped, stdout[-2000:] + stderr[-3000:]
     step = int(stopped.group(1))
@@ -176,8 +179,8 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues(launcher, processes, tin
         # child's 130 in a CalledProcessError (seen on a loaded machine): the training process exited 130 either way.
         assert process.returncode == 130 or "returned non-zero exit status 130" in stderr, stderr[-3000:]
 
-    resumed = run([*launched(launcher, processes), *train_args(tiny_data_dir, out, *run_args, "--resume", "auto")],
-                  env)
+    resumed = run_on_a_free_port(lambda port: run(
+        [*launched(launcher, processes, port), *train_args(tiny_data_dir, out, *run_args, "--resume", "auto")], env))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"(step {step}," in resumed.stdout and (out / "final" / "model.safetensors").is_file()
     losses, expected = train_losses(out), train_losses(reference)
@@ -242,9 +245,9 @@ def test_the_launchers_precision_is_honoured(tiny_data_dir, home, tmp_path):
 
 def test_fsdp_asked_on_a_cpu_says_what_runs_instead(tiny_data_dir, home, tmp_path):
     env = environment(home, OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="true")
-    command = [*ACCELERATE, "--use_fsdp", "--fsdp_version", "2", "--num_processes", "2", "--main_process_port",
-               free_port(), *train_args(tiny_data_dir, tmp_path / "fsdp", "max_steps=2", *QUICK)]
-    result = run(command, env)
+    result = run_on_a_free_port(lambda port: run(
+        [*ACCELERATE, "--use_fsdp", "--fsdp_version", "2", "--num_processes", "2", "--main_process_port", str(port),
+         *train_args(tiny_data_dir, tmp_path / "fsdp", "max_steps=2", *QUICK)], env))
     assert result.returncode == 0, result.stderr[-3000:]
     assert header(result.stdout)["processes"] == 2 and header(result.stdout)["distributed"] == "MULTI_CPU"
     warnings = [line for line in result.stdout.splitlines() if line.startswith("warning: FSDP")]

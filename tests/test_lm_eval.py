@@ -12,9 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from must_run import import_or_unavailable
 from share_fixtures import REPO, SAMPLE_VALID, offline_env, trained_run
-
-pytest.importorskip("lm_eval")
 
 MARKER = "<!-- lm-eval: tests/test_lm_eval.py runs this command -->"
 MAX_STORIES = 16
@@ -27,6 +26,7 @@ def _readme_command() -> list[str]:
 
 
 def test_lm_eval_bits_per_byte_equal_evaluate_py(tmp_path_factory, tmp_path, run_script):
+    import_or_unavailable("lm_eval", "pip install 'slm-hf[eval]'; make setup installs it")
     model = trained_run(tmp_path_factory) / "final"
     lm_eval = Path(sys.executable).parent / "lm_eval"
     assert lm_eval.exists() or shutil.which("lm_eval"), "the lm_eval console script is not installed"

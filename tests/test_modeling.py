@@ -11,9 +11,9 @@ import pytest
 import torch
 from transformers import AutoModel, AutoModelForCausalLM
 
+from must_run import needs_a_compiler
 from slm_hf import SLMConfig, SLMForCausalLM, SLMModel
 from slm_hf.tokenization import save_tokenizer, train_tokenizer
-from slm_hf.training import missing_compiler
 
 POSITIONS = ["rope", "learned"]
 
@@ -247,9 +247,9 @@ def test_loss_and_its_gradient_equal_pytorch_cross_entropy_in_fp32(dtype):
     assert logits.grad[0, :7].abs().sum() == 0  # ignored positions get no gradient
 
 
-@pytest.mark.skipif(missing_compiler(torch.device("cpu")) is not None, reason="torch.compile needs a C++ compiler")
 def test_compiled_loss_equals_the_chunked_one():
     """Under torch.compile (training's compile=true) the loss is plain fp32 cross-entropy for the compiler to fuse."""
+    needs_a_compiler()
     from slm_hf.modeling_slm import causal_lm_loss
 
     torch.manual_seed(0)

@@ -2,17 +2,17 @@
 with every request answered by the local test server (no model on any other server).
 
 Needs chromium and playwright (as tests/test_app.py) and transformers.js (scripts/install_web.sh, which `make test`
-runs); skipped without them, unless SLM_REQUIRE_BROWSER=1 (CI), which turns the skip into a failure.
+runs); skipped without them, unless SLM_REQUIRE_ALL=1 (CI), which turns the skip into a failure (tests/must_run.py).
 """
 
 import functools
 import http.server
-import os
 import shutil
 import threading
 
 import pytest
 
+from must_run import unavailable
 from share_fixtures import REPO, trained_run
 
 WEB = REPO / "web"
@@ -40,9 +40,7 @@ def _requirements_or_skip():
     if not (WEB / "lib" / "transformers.min.js").is_file():
         problem = "transformers.js is not installed (bash scripts/install_web.sh)"
     if problem:
-        if os.environ.get("SLM_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"SLM_REQUIRE_BROWSER=1 but {problem}")
-        pytest.skip(problem)
+        unavailable(problem)
     return sync_playwright, chromium
 
 

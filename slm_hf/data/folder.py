@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import SLMError
+from ..errors import SLMError, folder_problem
 from ..tokenization import load_tokenizer, tokenizer_sha256
 
 logger = logging.getLogger(__name__)
@@ -44,6 +44,9 @@ def read_meta(data_dir: str | os.PathLike) -> dict[str, Any]:
     """The `meta.json` of a prepared data folder (`SLMError` if there is none, or it is from another format)."""
     data_dir = Path(data_dir)
     meta_file = data_dir / META_FILE
+    if folder_problem(data_dir):
+        raise SLMError(f"data folder {data_dir} {folder_problem(data_dir)}; "
+                       f"create it with: python scripts/prepare_data.py --out {data_dir}")
     if not meta_file.is_file():
         raise SLMError(f"{data_dir} is not a prepared data folder (no {META_FILE}); "
                        f"create it with: python scripts/prepare_data.py --out {data_dir}")

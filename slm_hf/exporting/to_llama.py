@@ -34,7 +34,7 @@ from safetensors.torch import save_file
 
 from ..atomic_files import check_can_create
 from ..configuration_slm import SLMConfig
-from ..errors import SLMError
+from ..errors import SLMError, folder_problem
 from ..generation import quiet_progress_bars
 from ..model_card import default_model_name, write_model_card
 from ..modeling_slm import SLMForCausalLM
@@ -59,6 +59,8 @@ def read_slm_config(model_dir: str | os.PathLike) -> dict[str, Any]:
     """The `config.json` of an SLM model folder, as a dict (`SLMError` if the folder is not one)."""
     folder = Path(model_dir)
     path = folder / "config.json"
+    if folder_problem(folder):
+        raise SLMError(f"model folder {folder} {folder_problem(folder)}")
     if not path.is_file():
         raise SLMError(f"{folder} is not a model folder (no config.json in it); pass a training run's final/ folder")
     try:

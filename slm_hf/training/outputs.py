@@ -23,7 +23,7 @@ import torch
 from accelerate import Accelerator, PartialState
 
 from ..atomic_files import write_json
-from ..errors import SLMError
+from ..errors import SLMError, folder_problem
 from ..generation import quiet_progress_bars
 from ..model_card import default_model_name, write_model_card
 from ..tokenization import save_tokenizer
@@ -72,7 +72,7 @@ def plan_output(
             )
     elif resume:
         checkpoint = Path(resume)
-        problem = checkpoint_problem(checkpoint) if checkpoint.is_dir() else "no such folder"
+        problem = folder_problem(checkpoint) or checkpoint_problem(checkpoint)
         if problem:
             raise SLMError(f"cannot resume from {checkpoint}: {problem}")
     elif existing and not overwrite:
