@@ -69,8 +69,10 @@ def served_folder(model_dir: str | os.PathLike, cache_dir: str | os.PathLike | N
     from .exporting.to_llama import export_llama, read_slm_config
 
     model_dir = Path(model_dir).expanduser()
-    if not model_dir.is_dir():
+    if not model_dir.exists():
         raise SLMError(f"model folder {model_dir} does not exist")
+    if not model_dir.is_dir():
+        raise SLMError(f"{model_dir} is not a model folder; pass a training run's final/ folder")
     read_slm_config(model_dir)  # an SLM model folder, or one clear line
     cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     folder = cache_dir / f"{model_dir.resolve().name}-llama-{fingerprint(model_dir)}"

@@ -154,3 +154,19 @@ def test_a_bad_request_gets_one_clear_answer_and_the_server_goes_on(server, clie
         assert json.loads(text)["usage"]["total_tokens"] <= CONTEXT
     after = client.completions.create(model=model, prompt=PROMPT, max_tokens=4, temperature=0)
     assert after.choices[0].text
+
+
+def test_the_served_tokenizer_loads_without_a_question_and_starts_with_the_start_token(export, final, monkeypatch):
+    """`AutoTokenizer.from_pretrained` on the served folder: a plain PreTrainedTokenizerFast, no remote-code
+    question (input() would fail here), and the prompt string encoded as generate() encodes it."""
+    import builtins
+
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    from slm_hf.generation import encode_prompt
+    from slm_hf.tokenization import load_tokenizer
+
+    monkeypatch.setattr(builtins, "input", lambda *args: pytest.fail(f"asked: {args}"))
+    tokenizer = AutoTokenizer.from_pretrained(export)
+    assert isinstance(tokenizer, PreTrainedTokenizerFast)
+    assert tokenizer(PROMPT)["input_ids"] == encode_prompt(load_tokenizer(final), PROMPT)
