@@ -32,24 +32,30 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
 ]
 PROMPT = "Once upon a time"
-# Records every distinct value the story box shows, once per animation frame, in window.__seen (with the time of
-# each in window.__times), and every queue position the page shows ("queue: 1/2") in window.__queue.
+# Reports every distinct value the story box shows, once per animation frame, to the test (window.__story, a Python
+# function exposed to the page: the values of all pages arrive in one list, in the order they were shown), and every
+# queue position the page shows ("queue: 1/2") in window.__queue.
 RECORD_STORY_BOX = """() => {
-    window.__seen = [];
-    window.__times = [];
     window.__queue = [];
+    let last = null;
     const tick = () => {
         const box = document.querySelector('#story textarea');
-        const seen = window.__seen;
-        if (box && (!seen.length || seen[seen.length - 1] !== box.value)) {
-            seen.push(box.value);
-            window.__times.push(Date.now());
+        if (box && box.value !== last) {
+            last = box.value;
+            window.__story(box.value);
         }
         const queued = document.body.innerText.match(/queue: *(\\d+) *\\/ *(\\d+)/);
         if (queued && !window.__queue.includes(queued[0])) window.__queue.push(queued[0]);
         requestAnimationFrame(tick);
     };
     tick();
+}"""
+# The story is done when Gradio's status tracker over the story box is hidden again (it shows while the request is
+# queued or streaming) and the box holds text.
+STORY_DONE = """() => {
+    const box = document.querySelector('#story textarea');
+    const tracker = document.querySelector('#story .wrap');
+    return box && box.value.length > 0 && (!tracker || tracker.classList.contains('hide'));
 }"""
 
 
@@ -166,35 +172,37 @@ def app_url(final, browser, tmp_path_factory):
             server.kill()
 
 
-def _open(browser, url):
-    page = browser.new_page()
-    page.goto(url, wait_until="domcontentloaded")
-    page.locator("#prompt textarea").wait_for(timeout=60_000)
-    page.evaluate(RECORD_STORY_BOX)
-    return page
+class StoryEvents:
+    """The story-box values of every page opened with `open`, in the order the pages showed them."""
+
+    def __init__(self, browser, url):
+        self.browser, self.url, self.events = browser, url, []
+
+    def open(self, name: str):
+        page = self.browser.new_page()
+        page.expose_function("__story", lambda value: self.events.append((name, value)))
+        page.goto(self.url, wait_until="domcontentloaded")
+        page.locator("#prompt textarea").wait_for(timeout=60_000)
+        page.evaluate(RECORD_STORY_BOX)
+        return page
+
+    def seen(self, name: str) -> list[str]:
+        return [value for page, value in self.events if page == name and value]
 
 
-def _wait_until_settled(page, minimum_length: int, quiet_s: float = 1.5, timeout_s: float = 90) -> list[str]:
-    """The values the story box went through, once it has shown `minimum_length` characters and then stayed
-    unchanged for `quiet_s` seconds."""
-    deadline = time.monotonic() + timeout_s
-    last, since = None, time.monotonic()
-    while time.monotonic() < deadline:
-        seen = page.evaluate("window.__seen")
-        if seen != last:
-            last, since = seen, time.monotonic()
-        elif seen and len(seen[-1]) >= minimum_length and time.monotonic() - since > quiet_s:
-            return seen
-        time.sleep(0.1)
-    raise AssertionError(f"the story box did not settle within {timeout_s} s; it showed {last!r}")
+def _wait_until_done(page, timeout_s: float = 90) -> None:
+    """Wait for the page to show its story finished (an event of the page, not a quiet time)."""
+    page.wait_for_function(STORY_DONE, timeout=timeout_s * 1000)
 
 
 def test_a_story_streams_into_the_page(browser, app_url):
-    page = _open(browser, app_url)
+    events = StoryEvents(browser, app_url)
+    page = events.open("reader")
     assert "Tiny story teller" in page.title()
     page.locator("#prompt textarea").fill(PROMPT)
     page.locator("#tell").click()
-    seen = [value for value in _wait_until_settled(page, len(PROMPT) + 20) if value]
+    _wait_until_done(page)
+    seen = events.seen("reader")
     assert seen[-1].startswith(PROMPT) and len(seen[-1]) > len(PROMPT) + 20
     assert len(seen) >= 3, f"the story arrived in one piece, not streamed: {seen!r}"
     assert all(later.startswith(earlier) for earlier, later in zip(seen, seen[1:]))  # it only ever grew
@@ -202,42 +210,44 @@ def test_a_story_streams_into_the_page(browser, app_url):
 
 
 def test_an_example_prompt_and_an_over_long_prompt_in_the_page(browser, app_url):
-    page = _open(browser, app_url)
     from playwright.sync_api import expect
 
+    events = StoryEvents(browser, app_url)
+    page = events.open("reader")
     page.get_by_text("The big red ball rolled down the hill.").first.click()
     expect(page.locator("#prompt textarea")).to_have_value("The big red ball rolled down the hill.", timeout=15_000)
     page.locator("#prompt textarea").fill("Lily had a ball. " * 60)
     page.locator("#tell").click()
-    (message,) = [value for value in _wait_until_settled(page, 20) if value]
+    _wait_until_done(page)
+    (message,) = events.seen("reader")
     assert "please shorten it" in message
     page.close()
 
 
 def test_two_users_at_once_are_queued_and_both_served(browser, app_url):
     """One story at a time: the second user's request waits in the queue, which the page shows ("queue: 1/..."), and
-    its story starts streaming only after the first one has finished."""
-    prompts = ("Tom had a dog.", "Mia saw a bird.")
-    pages = [_open(browser, app_url) for _ in prompts]
-    for page, prompt in zip(pages, prompts):
-        page.locator("#prompt textarea").fill(prompt)
-    for page in pages:
+    its story starts streaming only after the first one has streamed (in the order the two pages showed them)."""
+    prompts = {"first": "Tom had a dog.", "second": "Mia saw a bird."}
+    events = StoryEvents(browser, app_url)
+    pages = {name: events.open(name) for name in prompts}
+    for name, page in pages.items():
+        page.locator("#prompt textarea").fill(prompts[name])
+    for page in pages.values():
         page.locator("#tell").click()
-    stories = []
-    for page, prompt in zip(pages, prompts):
-        story = _wait_until_settled(page, len(prompt) + 20)[-1]
-        assert story.startswith(prompt) and len(story) > len(prompt) + 20
-        stories.append([(value, time) for value, time in zip(page.evaluate("window.__seen"),
-                                                             page.evaluate("window.__times")) if value])
+    for name, page in pages.items():
+        _wait_until_done(page)
+        story = events.seen(name)[-1]
+        assert story.startswith(prompts[name]) and len(story) > len(prompts[name]) + 20
     # Served one after the other: the second story's first piece came once the first story had streamed most of its
-    # text (not at once, as two stories served side by side would; the page samples the box once per frame and a
-    # background tab gets few frames, so the first story's very last piece may show a little late).
-    first_length = len(stories[0][-1][0])
-    first_mostly_done = next(time for value, time in stories[0] if len(value) >= 0.5 * first_length)
-    second_started = stories[1][0][1]
-    assert second_started >= first_mostly_done, "the two stories streamed at the same time: no queue"
-    assert "queue: 1/" in " ".join(pages[1].evaluate("window.__queue")).replace(" / ", "/"), pages[1].evaluate(
-        "window.__queue"
-    )
-    for page in pages:
+    # text (two stories served side by side would interleave from the start; the first page's very last frame may
+    # be reported a little after the second page's first).
+    order = [(name, value) for name, value in events.events if value]
+    first_length = len(events.seen("first")[-1])
+    first_mostly_done = next(index for index, (name, value) in enumerate(order)
+                             if name == "first" and len(value) >= 0.5 * first_length)
+    second_started = next(index for index, (name, _) in enumerate(order) if name == "second")
+    assert second_started > first_mostly_done, f"the two stories streamed at the same time: no queue; {order!r}"
+    queue = pages["second"].evaluate("window.__queue")
+    assert "queue: 1/" in " ".join(queue).replace(" / ", "/"), queue
+    for page in pages.values():
         page.close()
