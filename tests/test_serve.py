@@ -170,3 +170,17 @@ def test_the_served_tokenizer_loads_without_a_question_and_starts_with_the_start
     tokenizer = AutoTokenizer.from_pretrained(export)
     assert isinstance(tokenizer, PreTrainedTokenizerFast)
     assert tokenizer(PROMPT)["input_ids"] == encode_prompt(load_tokenizer(final), PROMPT)
+
+
+def test_a_small_load_round_completes_with_no_failure(server):
+    """bench/bench_serve.py's round, small and bounded: 4 concurrent streamed clients, 2 stories each."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_serve", REPO / "bench" / "bench_serve.py")
+    bench_serve = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_serve)
+    base_url, model = server
+    result = bench_serve.round_of(lambda: bench_serve.ServerClient(base_url, model, 8), clients=4, requests=2,
+                                  time_limit_s=120)
+    assert (result["completed"], result["failed"], result["refused"]) == (8, [], [])
+    assert result["tokens"] > 0 and result["ttft_p95_s"] <= result["end_p95_s"]
