@@ -40,20 +40,26 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start(command: list[str], ready_url: str, log: Path) -> subprocess.Popen:
-    """Start `command` (a server), and return it once `ready_url` answers (bounded by START_TIMEOUT_S)."""
+def start(command_for_port, ready_url_for_port, log: Path) -> tuple[subprocess.Popen, str]:
+    """Start a server, `command_for_port(port)` on a free port (another one if that port is taken meanwhile), and
+    return it with its URL once `ready_url_for_port(port)` answers (bounded by START_TIMEOUT_S)."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT), GRADIO_ANALYTICS_ENABLED="False")
-    with open(log, "w") as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            with urllib.request.urlopen(ready_url, timeout=5):
-                return process
-        except OSError:
-            time.sleep(0.5)
-    stop(process)
-    raise RuntimeError(f"{command[1]} did not answer on {ready_url} within {START_TIMEOUT_S} s; log: {log}")
+    for _ in range(3):
+        port = free_port()
+        with open(log, "w") as output:
+            process = subprocess.Popen(command_for_port(port), stdout=output, stderr=subprocess.STDOUT, env=env,
+                                       cwd=ROOT)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                with urllib.request.urlopen(ready_url_for_port(port), timeout=5):
+                    return process, ready_url_for_port(port)
+            except OSError:
+                time.sleep(0.5)
+        stop(process)
+        if "address already in use" not in log.read_text().lower():
+            break
+    raise RuntimeError(f"the server did not answer within {START_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -181,10 +187,10 @@ def bench_server(args, log_dir: Path) -> dict:
     from slm_hf.serving import served_folder
 
     folder = served_folder(args.model, log_dir / "serve-cache")
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}/v1"
-    server = start([sys.executable, str(ROOT / "scripts" / "serve.py"), "--model", str(args.model), "--port",
-                    str(port), "--cache", str(log_dir / "serve-cache")], f"{base_url}/models", log_dir / "serve.log")
+    server, models_url = start(lambda port: [sys.executable, str(ROOT / "scripts" / "serve.py"), "--model",
+                                             str(args.model), "--port", str(port), "--cache", str(folder.parent)],
+                               lambda port: f"http://127.0.0.1:{port}/v1/models", log_dir / "serve.log")
+    base_url = models_url.rsplit("/", 1)[0]
     try:
         ServerClient(base_url, str(folder), 4)()  # warm-up
         rounds = [round_of(lambda: ServerClient(base_url, str(folder), args.max_tokens), clients, args.requests,
@@ -209,10 +215,8 @@ def bench_app(args, log_dir: Path) -> dict:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/"
-    app = start([sys.executable, str(ROOT / "app.py"), "--model", str(args.model), "--port", str(port)], url,
-                log_dir / "app.log")
+    app, url = start(lambda port: [sys.executable, str(ROOT / "app.py"), "--model", str(args.model), "--port",
+                                   str(port)], lambda port: f"http://127.0.0.1:{port}/", log_dir / "app.log")
     try:
         AppClient(url, tokenizer, 8)()  # warm-up
         rounds = [round_of(lambda: AppClient(url, tokenizer, args.max_tokens), clients, args.requests,

@@ -7,11 +7,9 @@ Needs the `serve` extra (fastapi, uvicorn, pydantic, openai); skipped without it
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import socket
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
@@ -25,7 +23,6 @@ pytest.importorskip("uvicorn")
 
 PROMPT = "Once upon a time, there was a little cat named Tom."
 CONTEXT = 128  # the tiny model's (configs/tiny.yaml)
-START_TIMEOUT_S = 300  # the model loads and the continuous-batching engine starts: a minute on a busy 2-core machine
 
 
 @pytest.fixture(scope="module")
@@ -41,58 +38,30 @@ def export(final, tmp_path_factory):
     return served_folder(final, tmp_path_factory.mktemp("serve-cache"))
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _models(base_url: str):
-    with urllib.request.urlopen(f"{base_url}/models", timeout=5) as response:
-        return json.load(response)
+def _bench_serve():
+    """bench/bench_serve.py: its server start-up and stop, and its load round."""
+    spec = importlib.util.spec_from_file_location("bench_serve", REPO / "bench" / "bench_serve.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
 def server(final, export, tmp_path_factory):
-    """(base_url, model name) of scripts/serve.py on 127.0.0.1, started on a free port (another on a clash)."""
-    log_dir = tmp_path_factory.mktemp("serve-log")
+    """(base_url, model name) of scripts/serve.py on 127.0.0.1, on a free port."""
+    bench_serve = _bench_serve()
+    log = tmp_path_factory.mktemp("serve-log") / "serve.log"
     export_time = (export / "model.safetensors").stat().st_mtime_ns
-    for attempt in range(3):
-        port = _free_port()
-        log = log_dir / f"serve-{attempt}.log"
-        with open(log, "w") as log_file:
-            process = subprocess.Popen(
-                [sys.executable, str(REPO / "scripts" / "serve.py"), "--model", str(final), "--port", str(port),
-                 "--cache", str(export.parent)],
-                stdout=log_file, stderr=subprocess.STDOUT, env=offline_env(), cwd=REPO,
-            )
-        base_url = f"http://127.0.0.1:{port}/v1"
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while process.poll() is None and time.monotonic() < deadline:
-            try:
-                _models(base_url)
-                break
-            except OSError:
-                time.sleep(0.5)
-        if process.poll() is None and time.monotonic() < deadline:
-            break
-        process.kill()
-        process.wait()
-        if "address already in use" not in log.read_text().lower():
-            pytest.fail(f"scripts/serve.py did not answer within {START_TIMEOUT_S} s:\n{log.read_text()}")
-    else:
-        pytest.fail("scripts/serve.py found no free port in 3 tries")
+    process, models_url = bench_serve.start(
+        lambda port: [sys.executable, str(REPO / "scripts" / "serve.py"), "--model", str(final), "--port", str(port),
+                      "--cache", str(export.parent)],
+        lambda port: f"http://127.0.0.1:{port}/v1/models", log)
     try:
         assert f"as model {str(export)!r}" in log.read_text()  # the export made above, reused...
         assert (export / "model.safetensors").stat().st_mtime_ns == export_time  # ...not written again
-        yield base_url, str(export)
+        yield models_url.rsplit("/", 1)[0], str(export)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        bench_serve.stop(process)
 
 
 @pytest.fixture(scope="module")
@@ -103,20 +72,30 @@ def client(server):
 
 
 @pytest.fixture(scope="module")
-def greedy_story(final):
-    """The model's own greedy continuation of PROMPT (slm_hf.generation, the SLM classes), as text."""
-    from slm_hf.generation import GenerationSettings, generate_ids, load_pretrained
+def slm(final):
+    from slm_hf.generation import load_pretrained
 
-    model, tokenizer = load_pretrained(final, device="cpu")
+    return load_pretrained(final, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def greedy_story(slm):
+    """The model's own greedy continuation of PROMPT (slm_hf.generation, the SLM classes), as text."""
+    from slm_hf.generation import GenerationSettings, generate_ids
+
+    model, tokenizer = slm
     (ids,) = generate_ids(model, tokenizer, PROMPT, GenerationSettings(max_new_tokens=24, temperature=0))
     return tokenizer.decode(ids, skip_special_tokens=True)
 
 
-def test_the_openai_client_gets_the_story_of_generate(server, client, greedy_story):
-    model = server[1]
+def test_the_openai_client_gets_the_story_of_generate(server, client, greedy_story, slm):
+    from slm_hf.generation import encode_prompt
+
+    model, prompt_ids = server[1], encode_prompt(slm[1], PROMPT)
     assert len(greedy_story) > 10
     answer = client.completions.create(model=model, prompt=PROMPT, max_tokens=24, temperature=0)
     assert answer.choices[0].text == greedy_story
+    assert answer.usage.prompt_tokens == len(prompt_ids)  # the prompt string read as generate() reads it
     pieces = [chunk.choices[0].text for chunk in client.completions.create(
         model=model, prompt=PROMPT, max_tokens=24, temperature=0, stream=True) if chunk.choices]
     assert len([piece for piece in pieces if piece]) > 3, f"not streamed token by token: {pieces!r}"
@@ -174,11 +153,7 @@ def test_the_served_tokenizer_loads_without_a_question_and_starts_with_the_start
 
 def test_a_small_load_round_completes_with_no_failure(server):
     """bench/bench_serve.py's round, small and bounded: 4 concurrent streamed clients, 2 stories each."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_serve", REPO / "bench" / "bench_serve.py")
-    bench_serve = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench_serve)
+    bench_serve = _bench_serve()
     base_url, model = server
     result = bench_serve.round_of(lambda: bench_serve.ServerClient(base_url, model, 8), clients=4, requests=2,
                                   time_limit_s=120)
