@@ -107,6 +107,26 @@ def test_an_over_long_prompt_gets_a_polite_message(teller):
     assert "please shorten it" in message
 
 
+@pytest.mark.parametrize("prompt, settings, message", [
+    ("Once upon a \ud800 time", (40, 0.8, 50), "not valid text"),  # a lone surrogate: JSON carries it, UTF-8 cannot
+    (PROMPT, (0, 0.8, 50), "Length must be"),
+    (PROMPT, (40, 0.0, 50), "Temperature must be"),
+    (PROMPT, (40, 0.8, -1), "Top-k must be"),
+    (PROMPT, ("many", 0.8, 50), "Length must be"),
+])
+def test_a_bad_request_to_the_story_function_gets_one_message(teller, prompt, settings, message):
+    (answer,) = teller.tell(prompt, *settings)
+    assert message in answer
+
+
+def test_an_empty_prompt_and_a_length_past_the_context_still_tell_a_story(teller):
+    steps = list(teller.tell("", max_new_tokens=40, temperature=0.8, top_k=50))
+    assert steps and steps[-1]  # a story from nothing, after the start token
+    story = list(teller.tell(PROMPT, max_new_tokens=10**6, temperature=0.8, top_k=50))[-1]
+    new_tokens = len(teller.tokenizer.encode(story[len(PROMPT):], add_special_tokens=False))
+    assert 0 < new_tokens <= teller.context  # stopped at the end of the context (or the story's end)
+
+
 # ------------------------------------------------------------------------------------------------- the browser
 def _browser_or_skip():
     """Playwright's sync API and the path of the system chromium; skip (or fail in CI) when either is missing."""
