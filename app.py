@@ -86,6 +86,20 @@ TEMPERATURE = (0.1, 1.5, 0.8)
 TOP_K = (0, 200, 50)
 
 
+def check_settings(max_new_tokens, temperature, top_k) -> str | None:
+    """None when the settings are in the sliders' ranges (a request through the API can send anything), else a
+    message. A length past the model's context is not refused: the story stops at the end of the context."""
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    if not number(max_new_tokens) or max_new_tokens < 1:
+        return f"Length must be a number of new tokens, at least 1, not {max_new_tokens!r}."
+    for name, value, (low, high, _) in (("Temperature", temperature, TEMPERATURE), ("Top-k", top_k, TOP_K)):
+        if not number(value) or not low <= value <= high:
+            return f"{name} must be a number from {low:g} to {high:g}, not {value!r}."
+    return None
+
+
 class StoryTeller:
     """A model and its tokenizer, and the streaming story function the page calls."""
 
@@ -109,6 +123,12 @@ class StoryTeller:
 
     def check_prompt(self, prompt: str) -> tuple[list[int] | None, str | None]:
         """The prompt's token ids (after the start token), or a polite message saying why it cannot be used."""
+        if not isinstance(prompt, str):
+            return None, "The start of the story must be text."
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate ("\ud800"), which JSON can carry but no text holds
+            return None, "That prompt holds characters that are not valid text (broken UTF-8): please retype it."
         if len(prompt) > MAX_PROMPT_CHARS:
             return None, (f"That prompt is {len(prompt):,} characters long. This little model only reads "
                           f"{self.context} tokens (a few short paragraphs): please shorten it.")
@@ -121,6 +141,7 @@ class StoryTeller:
     def tell(self, prompt: str, max_new_tokens: int, temperature: float, top_k: int):
         """Yield the story so far (prompt + generated text) as tokens arrive."""
         ids, problem = self.check_prompt(prompt)
+        problem = problem or check_settings(max_new_tokens, temperature, top_k)
         if problem:
             yield problem
             return
