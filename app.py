@@ -212,6 +212,10 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as error:  # missing, damaged (truncated weights, empty tokenizer) or not an SLM model for int8
         print(f"error: cannot load the model {args.model!r}: {str(error).strip().splitlines()[0]}", file=sys.stderr)
         sys.exit(2)
+    code = "slm_hf" if HAVE_SLM_HF else "the model's remote code"
+    weights = "int8" if args.int8 else "fp32"
+    print(f"loaded {args.model}@{args.revision or 'latest'} with {code}, {weights} weights", file=sys.stderr,
+          flush=True)
     theme = gr.themes.Soft(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
     build_demo(teller).launch(server_name=args.host, server_port=args.port, theme=theme, show_error=True)
 

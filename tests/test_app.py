@@ -168,7 +168,11 @@ def app_url(final, browser, tmp_path_factory):
     with log.open("w") as output:
         server = subprocess.Popen([sys.executable, str(REPO / "app.py"), "--model", str(final), "--port", str(port)],
                                   stdout=output, stderr=subprocess.STDOUT, env=offline_env(), cwd=REPO)
-    url = f"http://127.0.0.1:{port}/"
+    yield from _serving(server, f"http://127.0.0.1:{port}/", log)
+
+
+def _serving(server, url, log):
+    """Yield `url` once the app behind it answers (bounded), and stop the app afterwards."""
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -213,6 +217,54 @@ class StoryEvents:
 def _wait_until_done(page, timeout_s: float = 90) -> None:
     """Wait for the page to show its story finished (an event of the page, not a quiet time)."""
     page.wait_for_function(STORY_DONE, timeout=timeout_s * 1000)
+
+
+BLOCK_SLM_HF = """
+import importlib.abc, runpy, sys
+class BlockSLM(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "slm_hf" or name.startswith("slm_hf."):
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
+sys.meta_path.insert(0, BlockSLM())
+sys.argv = [sys.argv[1]]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+SPACE_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture(scope="module")
+def space_url(final, browser, tmp_path_factory):
+    """app.py as a Space runs it: MODEL_ID / MODEL_REVISION naming a Hub repository (here a local Hub cache layout,
+    offline), SLM_INT8=1, and slm_hf not importable (an import blocker), so the model's own remote code loads."""
+    home = tmp_path_factory.mktemp("space-home")
+    repo = home / "hub" / "models--someone--slm-space"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(SPACE_COMMIT)
+    shutil.copytree(final, repo / "snapshots" / SPACE_COMMIT)
+    port = _free_port()
+    log = home / "app.log"
+    env = offline_env(HF_HOME=str(home), HF_MODULES_CACHE=str(home / "modules"), MODEL_ID="someone/slm-space",
+                      MODEL_REVISION=SPACE_COMMIT, SLM_INT8="1", GRADIO_SERVER_PORT=str(port))
+    env.pop("PYTHONPATH")  # the blocker keeps slm_hf out even where it is installed
+    with log.open("w") as output:
+        server = subprocess.Popen([sys.executable, "-c", BLOCK_SLM_HF, str(REPO / "app.py")], stdout=output,
+                                  stderr=subprocess.STDOUT, env=env, cwd=home)
+    for url in _serving(server, f"http://127.0.0.1:{port}/", log):
+        yield url, log
+
+
+def test_the_space_path_serves_a_hub_model_as_remote_code_with_int8(browser, space_url):
+    url, log = space_url
+    assert "loaded someone/slm-space@" + SPACE_COMMIT + " with the model's remote code, int8 weights" in (
+        log.read_text()), log.read_text()
+    events = StoryEvents(browser, url)
+    page = events.open("visitor")
+    page.locator("#prompt textarea").fill(PROMPT)
+    page.locator("#tell").click()
+    _wait_until_done(page)
+    seen = events.seen("visitor")
+    assert seen[-1].startswith(PROMPT) and len(seen[-1]) > len(PROMPT) + 20 and len(seen) >= 3
+    page.close()
 
 
 def test_a_story_streams_into_the_page(browser, app_url):
