@@ -100,6 +100,20 @@ def test_the_int8_story_teller_tells_stories(final, teller):
     assert steps[0].startswith(PROMPT) and len(steps[-1]) > len(PROMPT)
 
 
+def test_the_page_reads_a_prompt_as_generate_and_the_server_do(teller, final, tmp_path):
+    """One start-of-text rule for every runtime, from the prompt string: `<|endoftext|>` and then the prompt."""
+    from transformers import AutoTokenizer
+
+    from slm_hf.exporting import export_model
+    from slm_hf.generation import encode_prompt
+
+    llama_tokenizer = AutoTokenizer.from_pretrained(export_model(final, "llama", tmp_path / "llama"))
+    for prompt in (PROMPT, "", "  Spaces,\ttabs and émoji 🙂"):
+        ids = teller.check_prompt(prompt)[0]
+        assert ids == encode_prompt(teller.tokenizer, prompt) == llama_tokenizer(prompt)["input_ids"]
+        assert ids[0] == teller.tokenizer.eos_token_id
+
+
 def test_an_over_long_prompt_gets_a_polite_message(teller):
     (message,) = teller.tell("Lily had a ball. " * 60, max_new_tokens=40, temperature=0.8, top_k=50)
     assert "please shorten it" in message and str(teller.context - 1) in message
