@@ -19,7 +19,7 @@ import urllib.request
 import pytest
 import torch
 
-from share_fixtures import REPO, offline_env, trained_run
+from share_fixtures import BLOCK_SLM_HF, REPO, offline_env, trained_run
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -233,13 +233,8 @@ def _wait_until_done(page, timeout_s: float = 90) -> None:
     page.wait_for_function(STORY_DONE, timeout=timeout_s * 1000)
 
 
-BLOCK_SLM_HF = """
-import importlib.abc, runpy, sys
-class BlockSLM(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "slm_hf" or name.startswith("slm_hf."):
-            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
-sys.meta_path.insert(0, BlockSLM())
+RUN_APP_WITHOUT_SLM_HF = BLOCK_SLM_HF + """
+import runpy
 sys.argv = [sys.argv[1]]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
@@ -261,7 +256,7 @@ def space_url(final, browser, tmp_path_factory):
                       MODEL_REVISION=SPACE_COMMIT, SLM_INT8="1", GRADIO_SERVER_PORT=str(port))
     env.pop("PYTHONPATH")  # the blocker keeps slm_hf out even where it is installed
     with log.open("w") as output:
-        server = subprocess.Popen([sys.executable, "-c", BLOCK_SLM_HF, str(REPO / "app.py")], stdout=output,
+        server = subprocess.Popen([sys.executable, "-c", RUN_APP_WITHOUT_SLM_HF, str(REPO / "app.py")], stdout=output,
                                   stderr=subprocess.STDOUT, env=env, cwd=home)
     for url in _serving(server, f"http://127.0.0.1:{port}/", log):
         yield url, log
