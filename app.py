@@ -176,8 +176,9 @@ class StoryTeller:
             raise
 
 
-def build_demo(teller: StoryTeller, title: str = "Tiny story teller") -> gr.Blocks:
-    """The page: a prompt box, length / temperature / top-k sliders, a button, the streaming story, examples."""
+def build_demo(teller: StoryTeller, title: str = "Tiny story teller", queue_size: int = QUEUE_SIZE) -> gr.Blocks:
+    """The page: a prompt box, length / temperature / top-k sliders, a button, the streaming story, examples.
+    Past `queue_size` waiting requests, a new one is refused with Gradio's "Queue is full" message."""
     with gr.Blocks(title=title) as demo:
         gr.Markdown(
             f"# {title}\n"
@@ -201,7 +202,7 @@ def build_demo(teller: StoryTeller, title: str = "Tiny story teller") -> gr.Bloc
         inputs = [prompt, length, temperature, top_k]
         button.click(teller.tell, inputs=inputs, outputs=story, concurrency_limit=1)
         prompt.submit(teller.tell, inputs=inputs, outputs=story, concurrency_limit=1)
-    return demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
+    return demo.queue(max_size=queue_size, default_concurrency_limit=1)
 
 
 def main(argv: list[str] | None = None) -> None:

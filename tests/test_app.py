@@ -141,6 +141,44 @@ def test_an_empty_prompt_and_a_length_past_the_context_still_tell_a_story(teller
     assert 0 < new_tokens <= teller.context  # stopped at the end of the context (or the story's end)
 
 
+def test_a_full_queue_refuses_a_request_with_a_clear_message_and_serves_the_others(teller):
+    """One story at a time and one waiting (queue_size=1): a third request is refused ("Queue is full"), the two
+    others are told. The first story waits on a gate the test opens, so the queue is full for as long as needed."""
+    import threading
+
+    from gradio_client import Client
+    from gradio_client.utils import QueueError, Status
+
+    gate = threading.Event()
+
+    class GatedTeller:
+        def tell(self, *args):
+            gate.wait(120)
+            yield from teller.tell(*args)
+
+    demo = _load_app_module().build_demo(GatedTeller(), queue_size=1)
+    demo.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(demo.local_url, verbose=False)
+        jobs = []
+        for wanted in (Status.PROCESSING, Status.IN_QUEUE):
+            jobs.append(client.submit(PROMPT, 16, 0.8, 50, api_name="/tell"))
+            for _ in range(600):  # bounded: up to a minute for the job to reach its state
+                if jobs[-1].status().code == wanted:
+                    break
+                time.sleep(0.1)
+            assert jobs[-1].status().code == wanted
+        refused = client.submit(PROMPT, 16, 0.8, 50, api_name="/tell")
+        with pytest.raises(QueueError, match="Queue is full"):
+            refused.result(timeout=60)
+        gate.set()
+        for job in jobs:
+            assert job.result(timeout=120).startswith(PROMPT)
+    finally:
+        gate.set()
+        demo.close()
+
+
 # ------------------------------------------------------------------------------------------------- the browser
 def _browser_or_skip():
     """Playwright's sync API and the path of the system chromium; skip (or fail in CI) when either is missing."""
