@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_SPEC)
-	$(BIN)/python -m pip install -q -e ".[dev,demo,export,eval]"
+	$(BIN)/python -m pip install -q -e ".[dev,demo,export,eval,serve]"
 	touch $@
 
 # Prepare the shipped TinyStories sample, train the cpu-demo preset, print a story from the final model.

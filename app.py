@@ -87,6 +87,20 @@ TEMPERATURE = (0.1, 1.5, 0.8)
 TOP_K = (0, 200, 50)
 
 
+def check_settings(max_new_tokens, temperature, top_k) -> str | None:
+    """None when the settings are in the sliders' ranges (a request through the API can send anything), else a
+    message. A length past the model's context is not refused: the story stops at the end of the context."""
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    if not number(max_new_tokens) or max_new_tokens < 1:
+        return f"Length must be a number of new tokens, at least 1, not {max_new_tokens!r}."
+    for name, value, (low, high, _) in (("Temperature", temperature, TEMPERATURE), ("Top-k", top_k, TOP_K)):
+        if not number(value) or not low <= value <= high:
+            return f"{name} must be a number from {low:g} to {high:g}, not {value!r}."
+    return None
+
+
 class StoryTeller:
     """A model and its tokenizer, and the streaming story function the page calls."""
 
@@ -117,6 +131,12 @@ class StoryTeller:
 
     def check_prompt(self, prompt: str) -> tuple[list[int] | None, str | None]:
         """The prompt's token ids (after the start token), or a polite message saying why it cannot be used."""
+        if not isinstance(prompt, str):
+            return None, "The start of the story must be text."
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate ("\ud800"), which JSON can carry but no text holds
+            return None, "That prompt holds characters that are not valid text (broken UTF-8): please retype it."
         if len(prompt) > MAX_PROMPT_CHARS:
             return None, (f"That prompt is {len(prompt):,} characters long. This little model only reads "
                           f"{self.context} tokens (a few short paragraphs): please shorten it.")
@@ -129,6 +149,7 @@ class StoryTeller:
     def tell(self, prompt: str, max_new_tokens: int, temperature: float, top_k: int):
         """Yield the story so far (prompt + generated text) as tokens arrive."""
         ids, problem = self.check_prompt(prompt)
+        problem = problem or check_settings(max_new_tokens, temperature, top_k)
         if problem:
             yield problem
             return
@@ -163,8 +184,9 @@ class StoryTeller:
             raise
 
 
-def build_demo(teller: StoryTeller, title: str = "Tiny story teller") -> gr.Blocks:
-    """The page: a prompt box, length / temperature / top-k sliders, a button, the streaming story, examples."""
+def build_demo(teller: StoryTeller, title: str = "Tiny story teller", queue_size: int = QUEUE_SIZE) -> gr.Blocks:
+    """The page: a prompt box, length / temperature / top-k sliders, a button, the streaming story, examples.
+    Past `queue_size` waiting requests, a new one is refused with Gradio's "Queue is full" message."""
     with gr.Blocks(title=title) as demo:
         gr.Markdown(
             f"# {title}\n"
@@ -188,7 +210,7 @@ def build_demo(teller: StoryTeller, title: str = "Tiny story teller") -> gr.Bloc
         inputs = [prompt, length, temperature, top_k]
         button.click(teller.tell, inputs=inputs, outputs=story, concurrency_limit=1)
         prompt.submit(teller.tell, inputs=inputs, outputs=story, concurrency_limit=1)
-    return demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
+    return demo.queue(max_size=queue_size, default_concurrency_limit=1)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -199,6 +221,10 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as error:  # missing, damaged (truncated weights, empty tokenizer) or not an SLM model for int8
         print(f"error: cannot load the model {args.model!r}: {str(error).strip().splitlines()[0]}", file=sys.stderr)
         sys.exit(2)
+    code = "slm_hf" if HAVE_SLM_HF else "the model's remote code"
+    weights = "int8" if args.int8 else "fp32"
+    print(f"loaded {args.model}@{args.revision or 'latest'} with {code}, {weights} weights", file=sys.stderr,
+          flush=True)
     theme = gr.themes.Soft(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
     build_demo(teller).launch(server_name=args.host, server_port=args.port, theme=theme, show_error=True)
 

@@ -14,6 +14,16 @@ REPO = Path(__file__).resolve().parent.parent
 # Real TinyStories validation stories, from the sample the package ships (inside the repository).
 SAMPLE_VALID = REPO / "slm_hf" / "sample_data" / "tinystories_valid.txt.gz"
 _CACHE: dict[str, Path] = {}
+# Python code that makes `import slm_hf` fail, as where it is not installed: a script run after it sees only what a
+# Hub user without slm_hf has (the model's remote code).
+BLOCK_SLM_HF = """
+import importlib.abc, sys
+class BlockSLM(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "slm_hf" or name.startswith("slm_hf."):
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
+sys.meta_path.insert(0, BlockSLM())
+"""
 
 
 def trained_run(tmp_path_factory) -> Path:

@@ -19,7 +19,7 @@ import urllib.request
 import pytest
 import torch
 
-from share_fixtures import REPO, offline_env, trained_run
+from share_fixtures import BLOCK_SLM_HF, REPO, offline_env, trained_run
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -32,24 +32,30 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
 ]
 PROMPT = "Once upon a time"
-# Records every distinct value the story box shows, once per animation frame, in window.__seen (with the time of
-# each in window.__times), and every queue position the page shows ("queue: 1/2") in window.__queue.
+# Reports every distinct value the story box shows, once per animation frame, to the test (window.__story, a Python
+# function exposed to the page: the values of all pages arrive in one list, in the order they were shown), and every
+# queue position the page shows ("queue: 1/2") in window.__queue.
 RECORD_STORY_BOX = """() => {
-    window.__seen = [];
-    window.__times = [];
     window.__queue = [];
+    let last = null;
     const tick = () => {
         const box = document.querySelector('#story textarea');
-        const seen = window.__seen;
-        if (box && (!seen.length || seen[seen.length - 1] !== box.value)) {
-            seen.push(box.value);
-            window.__times.push(Date.now());
+        if (box && box.value !== last) {
+            last = box.value;
+            window.__story(box.value);
         }
         const queued = document.body.innerText.match(/queue: *(\\d+) *\\/ *(\\d+)/);
         if (queued && !window.__queue.includes(queued[0])) window.__queue.push(queued[0]);
         requestAnimationFrame(tick);
     };
     tick();
+}"""
+# The story is done when Gradio's status tracker over the story box is hidden again (it shows while the request is
+# queued or streaming) and the box holds text.
+STORY_DONE = """() => {
+    const box = document.querySelector('#story textarea');
+    const tracker = document.querySelector('#story .wrap');
+    return box && box.value.length > 0 && (!tracker || tracker.classList.contains('hide'));
 }"""
 
 
@@ -94,11 +100,83 @@ def test_the_int8_story_teller_tells_stories(final, teller):
     assert steps[0].startswith(PROMPT) and len(steps[-1]) > len(PROMPT)
 
 
+def test_the_page_reads_a_prompt_as_generate_and_the_server_do(teller, final, tmp_path):
+    """One start-of-text rule for every runtime, from the prompt string: `<|endoftext|>` and then the prompt."""
+    from transformers import AutoTokenizer
+
+    from slm_hf.exporting import export_model
+    from slm_hf.generation import encode_prompt
+
+    llama_tokenizer = AutoTokenizer.from_pretrained(export_model(final, "llama", tmp_path / "llama"))
+    for prompt in (PROMPT, "", "  Spaces,\ttabs and émoji 🙂"):
+        ids = teller.check_prompt(prompt)[0]
+        assert ids == encode_prompt(teller.tokenizer, prompt) == llama_tokenizer(prompt)["input_ids"]
+        assert ids[0] == teller.tokenizer.eos_token_id
+
+
 def test_an_over_long_prompt_gets_a_polite_message(teller):
     (message,) = teller.tell("Lily had a ball. " * 60, max_new_tokens=40, temperature=0.8, top_k=50)
     assert "please shorten it" in message and str(teller.context - 1) in message
     (message,) = teller.tell("x" * 5000, max_new_tokens=40, temperature=0.8, top_k=50)
     assert "please shorten it" in message
+
+
+@pytest.mark.parametrize("prompt, settings, message", [
+    ("Once upon a \ud800 time", (40, 0.8, 50), "not valid text"),  # a lone surrogate: JSON carries it, UTF-8 cannot
+    (PROMPT, (0, 0.8, 50), "Length must be"),
+    (PROMPT, (40, 0.0, 50), "Temperature must be"),
+    (PROMPT, (40, 0.8, -1), "Top-k must be"),
+    (PROMPT, ("many", 0.8, 50), "Length must be"),
+])
+def test_a_bad_request_to_the_story_function_gets_one_message(teller, prompt, settings, message):
+    (answer,) = teller.tell(prompt, *settings)
+    assert message in answer
+
+
+def test_an_empty_prompt_and_a_length_past_the_context_still_tell_a_story(teller):
+    steps = list(teller.tell("", max_new_tokens=40, temperature=0.8, top_k=50))
+    assert steps and steps[-1]  # a story from nothing, after the start token
+    story = list(teller.tell(PROMPT, max_new_tokens=10**6, temperature=0.8, top_k=50))[-1]
+    new_tokens = len(teller.tokenizer.encode(story[len(PROMPT):], add_special_tokens=False))
+    assert 0 < new_tokens <= teller.context  # stopped at the end of the context (or the story's end)
+
+
+def test_a_full_queue_refuses_a_request_with_a_clear_message_and_serves_the_others(teller):
+    """One story at a time and one waiting (queue_size=1): a third request is refused ("Queue is full"), the two
+    others are told. The first story waits on a gate the test opens, so the queue is full for as long as needed."""
+    import threading
+
+    from gradio_client import Client
+    from gradio_client.utils import QueueError, Status
+
+    gate = threading.Event()
+
+    class GatedTeller:
+        def tell(self, *args):
+            gate.wait(120)
+            yield from teller.tell(*args)
+
+    demo = _load_app_module().build_demo(GatedTeller(), queue_size=1)
+    demo.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(demo.local_url, verbose=False)
+        jobs = []
+        for wanted in (Status.PROCESSING, Status.IN_QUEUE):
+            jobs.append(client.submit(PROMPT, 16, 0.8, 50, api_name="/tell"))
+            for _ in range(600):  # bounded: up to a minute for the job to reach its state
+                if jobs[-1].status().code == wanted:
+                    break
+                time.sleep(0.1)
+            assert jobs[-1].status().code == wanted
+        refused = client.submit(PROMPT, 16, 0.8, 50, api_name="/tell")
+        with pytest.raises(QueueError, match="Queue is full"):
+            refused.result(timeout=60)
+        gate.set()
+        for job in jobs:
+            assert job.result(timeout=120).startswith(PROMPT)
+    finally:
+        gate.set()
+        demo.close()
 
 
 # ------------------------------------------------------------------------------------------------- the browser
@@ -142,7 +220,11 @@ def app_url(final, browser, tmp_path_factory):
     with log.open("w") as output:
         server = subprocess.Popen([sys.executable, str(REPO / "app.py"), "--model", str(final), "--port", str(port)],
                                   stdout=output, stderr=subprocess.STDOUT, env=offline_env(), cwd=REPO)
-    url = f"http://127.0.0.1:{port}/"
+    yield from _serving(server, f"http://127.0.0.1:{port}/", log)
+
+
+def _serving(server, url, log):
+    """Yield `url` once the app behind it answers (bounded), and stop the app afterwards."""
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -166,35 +248,80 @@ def app_url(final, browser, tmp_path_factory):
             server.kill()
 
 
-def _open(browser, url):
-    page = browser.new_page()
-    page.goto(url, wait_until="domcontentloaded")
-    page.locator("#prompt textarea").wait_for(timeout=60_000)
-    page.evaluate(RECORD_STORY_BOX)
-    return page
+class StoryEvents:
+    """The story-box values of every page opened with `open`, in the order the pages showed them."""
+
+    def __init__(self, browser, url):
+        self.browser, self.url, self.events = browser, url, []
+
+    def open(self, name: str):
+        page = self.browser.new_page()
+        page.expose_function("__story", lambda value: self.events.append((name, value)))
+        page.goto(self.url, wait_until="domcontentloaded")
+        page.locator("#prompt textarea").wait_for(timeout=60_000)
+        page.evaluate(RECORD_STORY_BOX)
+        return page
+
+    def seen(self, name: str) -> list[str]:
+        return [value for page, value in self.events if page == name and value]
 
 
-def _wait_until_settled(page, minimum_length: int, quiet_s: float = 1.5, timeout_s: float = 90) -> list[str]:
-    """The values the story box went through, once it has shown `minimum_length` characters and then stayed
-    unchanged for `quiet_s` seconds."""
-    deadline = time.monotonic() + timeout_s
-    last, since = None, time.monotonic()
-    while time.monotonic() < deadline:
-        seen = page.evaluate("window.__seen")
-        if seen != last:
-            last, since = seen, time.monotonic()
-        elif seen and len(seen[-1]) >= minimum_length and time.monotonic() - since > quiet_s:
-            return seen
-        time.sleep(0.1)
-    raise AssertionError(f"the story box did not settle within {timeout_s} s; it showed {last!r}")
+def _wait_until_done(page, timeout_s: float = 90) -> None:
+    """Wait for the page to show its story finished (an event of the page, not a quiet time)."""
+    page.wait_for_function(STORY_DONE, timeout=timeout_s * 1000)
+
+
+RUN_APP_WITHOUT_SLM_HF = BLOCK_SLM_HF + """
+import runpy
+sys.argv = [sys.argv[1]]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+SPACE_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture(scope="module")
+def space_url(final, browser, tmp_path_factory):
+    """app.py as a Space runs it: MODEL_ID / MODEL_REVISION naming a Hub repository (here a local Hub cache layout,
+    offline), SLM_INT8=1, and slm_hf not importable (an import blocker), so the model's own remote code loads."""
+    home = tmp_path_factory.mktemp("space-home")
+    repo = home / "hub" / "models--someone--slm-space"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(SPACE_COMMIT)
+    shutil.copytree(final, repo / "snapshots" / SPACE_COMMIT)
+    port = _free_port()
+    log = home / "app.log"
+    env = offline_env(HF_HOME=str(home), HF_MODULES_CACHE=str(home / "modules"), MODEL_ID="someone/slm-space",
+                      MODEL_REVISION=SPACE_COMMIT, SLM_INT8="1", GRADIO_SERVER_PORT=str(port))
+    env.pop("PYTHONPATH")  # the blocker keeps slm_hf out even where it is installed
+    with log.open("w") as output:
+        server = subprocess.Popen([sys.executable, "-c", RUN_APP_WITHOUT_SLM_HF, str(REPO / "app.py")], stdout=output,
+                                  stderr=subprocess.STDOUT, env=env, cwd=home)
+    for url in _serving(server, f"http://127.0.0.1:{port}/", log):
+        yield url, log
+
+
+def test_the_space_path_serves_a_hub_model_as_remote_code_with_int8(browser, space_url):
+    url, log = space_url
+    assert "loaded someone/slm-space@" + SPACE_COMMIT + " with the model's remote code, int8 weights" in (
+        log.read_text()), log.read_text()
+    events = StoryEvents(browser, url)
+    page = events.open("visitor")
+    page.locator("#prompt textarea").fill(PROMPT)
+    page.locator("#tell").click()
+    _wait_until_done(page)
+    seen = events.seen("visitor")
+    assert seen[-1].startswith(PROMPT) and len(seen[-1]) > len(PROMPT) + 20 and len(seen) >= 3
+    page.close()
 
 
 def test_a_story_streams_into_the_page(browser, app_url):
-    page = _open(browser, app_url)
+    events = StoryEvents(browser, app_url)
+    page = events.open("reader")
     assert "Tiny story teller" in page.title()
     page.locator("#prompt textarea").fill(PROMPT)
     page.locator("#tell").click()
-    seen = [value for value in _wait_until_settled(page, len(PROMPT) + 20) if value]
+    _wait_until_done(page)
+    seen = events.seen("reader")
     assert seen[-1].startswith(PROMPT) and len(seen[-1]) > len(PROMPT) + 20
     assert len(seen) >= 3, f"the story arrived in one piece, not streamed: {seen!r}"
     assert all(later.startswith(earlier) for earlier, later in zip(seen, seen[1:]))  # it only ever grew
@@ -202,42 +329,44 @@ def test_a_story_streams_into_the_page(browser, app_url):
 
 
 def test_an_example_prompt_and_an_over_long_prompt_in_the_page(browser, app_url):
-    page = _open(browser, app_url)
     from playwright.sync_api import expect
 
+    events = StoryEvents(browser, app_url)
+    page = events.open("reader")
     page.get_by_text("The big red ball rolled down the hill.").first.click()
     expect(page.locator("#prompt textarea")).to_have_value("The big red ball rolled down the hill.", timeout=15_000)
     page.locator("#prompt textarea").fill("Lily had a ball. " * 60)
     page.locator("#tell").click()
-    (message,) = [value for value in _wait_until_settled(page, 20) if value]
+    _wait_until_done(page)
+    (message,) = events.seen("reader")
     assert "please shorten it" in message
     page.close()
 
 
 def test_two_users_at_once_are_queued_and_both_served(browser, app_url):
     """One story at a time: the second user's request waits in the queue, which the page shows ("queue: 1/..."), and
-    its story starts streaming only after the first one has finished."""
-    prompts = ("Tom had a dog.", "Mia saw a bird.")
-    pages = [_open(browser, app_url) for _ in prompts]
-    for page, prompt in zip(pages, prompts):
-        page.locator("#prompt textarea").fill(prompt)
-    for page in pages:
+    its story starts streaming only after the first one has streamed (in the order the two pages showed them)."""
+    prompts = {"first": "Tom had a dog.", "second": "Mia saw a bird."}
+    events = StoryEvents(browser, app_url)
+    pages = {name: events.open(name) for name in prompts}
+    for name, page in pages.items():
+        page.locator("#prompt textarea").fill(prompts[name])
+    for page in pages.values():
         page.locator("#tell").click()
-    stories = []
-    for page, prompt in zip(pages, prompts):
-        story = _wait_until_settled(page, len(prompt) + 20)[-1]
-        assert story.startswith(prompt) and len(story) > len(prompt) + 20
-        stories.append([(value, time) for value, time in zip(page.evaluate("window.__seen"),
-                                                             page.evaluate("window.__times")) if value])
+    for name, page in pages.items():
+        _wait_until_done(page)
+        story = events.seen(name)[-1]
+        assert story.startswith(prompts[name]) and len(story) > len(prompts[name]) + 20
     # Served one after the other: the second story's first piece came once the first story had streamed most of its
-    # text (not at once, as two stories served side by side would; the page samples the box once per frame and a
-    # background tab gets few frames, so the first story's very last piece may show a little late).
-    first_length = len(stories[0][-1][0])
-    first_mostly_done = next(time for value, time in stories[0] if len(value) >= 0.5 * first_length)
-    second_started = stories[1][0][1]
-    assert second_started >= first_mostly_done, "the two stories streamed at the same time: no queue"
-    assert "queue: 1/" in " ".join(pages[1].evaluate("window.__queue")).replace(" / ", "/"), pages[1].evaluate(
-        "window.__queue"
-    )
-    for page in pages:
+    # text (two stories served side by side would interleave from the start; the first page's very last frame may
+    # be reported a little after the second page's first).
+    order = [(name, value) for name, value in events.events if value]
+    first_length = len(events.seen("first")[-1])
+    first_mostly_done = next(index for index, (name, value) in enumerate(order)
+                             if name == "first" and len(value) >= 0.5 * first_length)
+    second_started = next(index for index, (name, _) in enumerate(order) if name == "second")
+    assert second_started > first_mostly_done, f"the two stories streamed at the same time: no queue; {order!r}"
+    queue = pages["second"].evaluate("window.__queue")
+    assert "queue: 1/" in " ".join(queue).replace(" / ", "/"), queue
+    for page in pages.values():
         page.close()

@@ -143,6 +143,16 @@ CASES = [
     ("app", ["--model", "{empty_tokenizer}"], "tokenizer does not load"),
     ("app", ["--model", "{other_arch}", "--int8"], "int8"),
     ("app", ["--model", "{final}", "--port", "http"], "--port"),
+    # -------------------------------------------------------------------------------------- serve (issue 27)
+    ("serve", [], "--model"),
+    ("serve", ["--model", "{missing}"], "missing"),
+    ("serve", ["--model", "{a_file}"], "a-file"),
+    ("serve", ["--model", "{empty_dir}"], "config.json"),
+    ("serve", ["--model", "{other_arch}"], "gpt2"),
+    ("serve", ["--model", "{truncated_model}", "--cache", "{new}"], "model.safetensors"),
+    ("serve", ["--model", "{final}", "--cache", "{a_file}"], "a-file"),
+    ("serve", ["--model", "{final}", "--port", "http"], "--port"),
+    ("serve", ["--model", "{final}", "--port", "99999"], "--port"),
 ]
 
 
@@ -239,7 +249,7 @@ def _script(name):
 
 def test_the_table_covers_every_script_and_60_cases():
     assert len(CASES) >= 60
-    scripts = {"prepare_data", "train", "evaluate", "generate", "push_to_hub", "export", "app"}
+    scripts = {"prepare_data", "train", "evaluate", "generate", "push_to_hub", "export", "app", "serve"}
     assert {script for script, _, _ in CASES} == scripts
 
 

@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ["scripts/train.py", "scripts/prepare_data.py", "scripts/evaluate.py", "scripts/generate.py",
-           "scripts/push_to_hub.py", "scripts/export.py", "app.py"]
+           "scripts/push_to_hub.py", "scripts/export.py", "scripts/serve.py", "app.py"]
 # Runs a script as `python SCRIPT ARGS...` would, then reports whether torch or transformers got imported.
 PROBE = """
 import os, runpy, sys
@@ -49,6 +49,7 @@ def test_help_comes_before_the_heavy_imports(script):
     ("scripts/generate.py", ["--model", "m", "--prompt", "p", "--max-new-tokens", "1.5"]),
     ("scripts/push_to_hub.py", ["--model", "m"]),
     ("scripts/export.py", ["--model", "m", "--to", "tflite", "--out", "o"]),
+    ("scripts/serve.py", ["--model", "m", "--port", "99999"]),
     ("app.py", ["--port", "http"]),
 ])
 def test_a_bad_argument_is_refused_before_the_heavy_imports(script, args):

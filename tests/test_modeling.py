@@ -14,6 +14,7 @@ from transformers import AutoModel, AutoModelForCausalLM
 from must_run import needs_a_compiler
 from slm_hf import SLMConfig, SLMForCausalLM, SLMModel
 from slm_hf.tokenization import save_tokenizer, train_tokenizer
+from share_fixtures import BLOCK_SLM_HF
 
 POSITIONS = ["rope", "learned"]
 
@@ -489,15 +490,6 @@ def test_relu2_feed_forward_is_two_layers_of_four_times_the_width():
     with torch.no_grad():
         assert torch.allclose(mlp(hidden), mlp.down_proj(torch.relu(mlp.up_proj(hidden)) ** 2))
 
-
-BLOCK_SLM_HF = """
-import importlib.abc, sys
-class BlockSLM(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "slm_hf" or name.startswith("slm_hf."):
-            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
-sys.meta_path.insert(0, BlockSLM())
-"""
 
 REMOTE_CODE_CHECK = """
 import torch

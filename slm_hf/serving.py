@@ -1,0 +1,138 @@
+"""An OpenAI-compatible HTTP server for a trained model folder: `transformers serve` on its Llama export.
+
+    folder = served_folder("runs/cpu-demo/final")   # the Llama export, made once, reused while up to date
+    serve(folder, host="127.0.0.1", port=8000)      # `transformers serve <folder> --continuous-batching`, until stopped
+
+We do not write our own server. `transformers serve` (transformers' `serve` extra: fastapi, uvicorn, pydantic,
+openai) answers `/v1/completions` and `/v1/chat/completions` and batches concurrent requests with continuous
+batching. It builds the model with `getattr(transformers, config.architectures[0])`, so it cannot run the
+remote-code `SLMForCausalLM`; our architecture is a Llama (slm_hf.exporting.to_llama), so it serves the Llama export,
+whose tokenizer puts `<|endoftext|>` before every prompt, as `slm_hf.generation` does: the same prompt string gives
+the same greedy story through the server as through `generate()`. One addition: requests are kept inside the
+model's context (`context_bound_completions`).
+
+The export goes into a cache folder named by a fingerprint of what it is made from (the model folder's config,
+weights and tokenizer files, and the exporter's code): a second start reuses it, a retrained model or a changed
+exporter makes a new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from .errors import SLMError
+
+# The files of a model folder that its Llama export is made from.
+_EXPORT_INPUTS = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json")
+_WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json")
+
+
+def default_cache_dir() -> Path:
+    """Where the Llama exports for serving live: $SLM_HF_CACHE/serve, else ~/.cache/slm_hf/serve."""
+    root = os.environ.get("SLM_HF_CACHE") or Path.home() / ".cache" / "slm_hf"
+    return Path(root).expanduser() / "serve"
+
+
+def check_serve_dependencies() -> None:
+    """Raise `SLMError` naming the extra to install when `transformers serve` lacks one of its packages."""
+    from transformers.utils.import_utils import is_serve_available
+
+    if not is_serve_available():
+        raise SLMError("serving needs fastapi, uvicorn, pydantic and openai: pip install 'slm-hf[serve]'")
+
+
+def fingerprint(model_dir: str | os.PathLike) -> str:
+    """A content hash of what the Llama export of `model_dir` is made from (files and exporter code)."""
+    from .exporting import to_llama
+
+    folder = Path(model_dir)
+    digest = hashlib.sha256()
+    names = [name for name in _EXPORT_INPUTS if (folder / name).is_file()]
+    names += sorted(path.name for path in folder.iterdir() if path.name.endswith(_WEIGHT_SUFFIXES))
+    for name in [*names, to_llama.__file__]:
+        path = folder / name
+        digest.update(Path(name).name.encode() + b"\0")
+        with open(path, "rb") as file:
+            for block in iter(lambda: file.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def served_folder(model_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
+    """The Llama export of the SLM model folder `model_dir` under `cache_dir`: made now if no up-to-date one is there.
+
+    Raises:
+        SLMError: `model_dir` is not an SLM model folder, or its model is not Llama-compatible.
+    """
+    from .exporting.to_llama import export_llama, read_slm_config
+
+    model_dir = Path(model_dir).expanduser()
+    if not model_dir.exists():
+        raise SLMError(f"model folder {model_dir} does not exist")
+    if not model_dir.is_dir():
+        raise SLMError(f"{model_dir} is not a model folder; pass a training run's final/ folder")
+    read_slm_config(model_dir)  # an SLM model folder, or one clear line
+    cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    folder = cache_dir / f"{model_dir.resolve().name}-llama-{fingerprint(model_dir)}"
+    if not (folder / "config.json").is_file():  # export_llama renames a complete folder into place
+        export_llama(model_dir, folder, overwrite=True, write_card=False)
+    return folder
+
+
+def serve(folder: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 8000,
+          continuous_batching: bool = True) -> None:
+    """Run `transformers serve` on the Llama folder `folder` in this process until it is stopped (Ctrl-C, SIGTERM).
+
+    The API's model name is `str(folder)`. One thing is added to the server: `/v1/completions` keeps every request
+    inside the model's context (`context_bound_completions`).
+    """
+    from transformers.cli import serve as serve_cli
+    from transformers.cli.serving import completion
+
+    check_serve_dependencies()
+    handler = completion.CompletionHandler
+    completion.CompletionHandler = context_bound_completions(folder)  # Serve.run builds its handler from here
+    try:
+        serve_cli.Serve(force_model=str(folder), continuous_batching=continuous_batching, host=host, port=port,
+                        log_level="warning")
+    finally:
+        completion.CompletionHandler = handler
+
+
+def context_bound_completions(folder: str | os.PathLike):
+    """`transformers serve`'s `/v1/completions` handler, bounded by the context of the model in `folder`.
+
+    Unchanged, the server asks for at least 1,024 new tokens when a request names no `max_tokens`, and honours any
+    `max_tokens`, so a story runs past the positions the model was trained on (128 in the tiny model) into noise.
+    Here a request without `max_tokens` gets the room its prompt leaves (as `slm_hf.generation` gives it), and one
+    whose `max_tokens` does not fit is refused with one line (status 400), as the server refuses a prompt too long.
+    """
+    from transformers import AutoConfig, AutoTokenizer
+    from transformers.cli.serving.completion import CompletionHandler
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    context = AutoConfig.from_pretrained(folder).max_position_embeddings
+
+    class ContextBoundCompletionHandler(CompletionHandler):
+        def _build_generation_kwargs(self, body: dict, model_generation_config) -> dict:
+            kwargs = super()._build_generation_kwargs(body, model_generation_config)
+            prompt = body.get("prompt")
+            if not isinstance(prompt, str):  # refused after this, with the server's own message
+                return kwargs
+            prompt_tokens = len(tokenizer(prompt)["input_ids"])  # with the start token, as the server encodes it
+            room = context - prompt_tokens
+            requested = body.get("max_tokens")
+            if requested is None:
+                kwargs["max_new_tokens"] = max(1, min(kwargs["max_new_tokens"], room))
+            elif int(requested) < 1:
+                raise ValueError(f"max_tokens must be at least 1, got {requested}")
+            elif int(requested) > room > 0:
+                raise ValueError(
+                    f"max_tokens {requested} is past the model's context: the prompt has {prompt_tokens} tokens and "
+                    f"the model reads at most {context}, so at most {room} new tokens fit"
+                )
+            return kwargs
+
+    return ContextBoundCompletionHandler

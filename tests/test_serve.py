@@ -1,0 +1,161 @@
+"""The OpenAI-compatible server (scripts/serve.py: `transformers serve` on the model's Llama export), localhost only,
+through the real `openai` client: the same greedy story as the model's own `generate()` from the same prompt string,
+streamed and not; bad requests answered with one clear message each, and the server answering after them.
+
+Needs the `serve` extra (fastapi, uvicorn, pydantic, openai); skipped without it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import urllib.error
+import urllib.request
+
+import pytest
+
+from share_fixtures import REPO, offline_env, trained_run
+
+pytest.importorskip("openai")
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+PROMPT = "Once upon a time, there was a little cat named Tom."
+CONTEXT = 128  # the tiny model's (configs/tiny.yaml)
+
+
+@pytest.fixture(scope="module")
+def final(tmp_path_factory):
+    return trained_run(tmp_path_factory) / "final"
+
+
+@pytest.fixture(scope="module")
+def export(final, tmp_path_factory):
+    """The Llama folder the server runs, made here first: the script must reuse it, not export again."""
+    from slm_hf.serving import served_folder
+
+    return served_folder(final, tmp_path_factory.mktemp("serve-cache"))
+
+
+def _bench_serve():
+    """bench/bench_serve.py: its server start-up and stop, and its load round."""
+    spec = importlib.util.spec_from_file_location("bench_serve", REPO / "bench" / "bench_serve.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def server(final, export, tmp_path_factory):
+    """(base_url, model name) of scripts/serve.py on 127.0.0.1, on a free port."""
+    bench_serve = _bench_serve()
+    log = tmp_path_factory.mktemp("serve-log") / "serve.log"
+    export_time = (export / "model.safetensors").stat().st_mtime_ns
+    process, models_url = bench_serve.start(
+        lambda port: [sys.executable, str(REPO / "scripts" / "serve.py"), "--model", str(final), "--port", str(port),
+                      "--cache", str(export.parent)],
+        lambda port: f"http://127.0.0.1:{port}/v1/models", log)
+    try:
+        assert f"as model {str(export)!r}" in log.read_text()  # the export made above, reused...
+        assert (export / "model.safetensors").stat().st_mtime_ns == export_time  # ...not written again
+        yield models_url.rsplit("/", 1)[0], str(export)
+    finally:
+        bench_serve.stop(process)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=server[0], api_key="not-needed", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def slm(final):
+    from slm_hf.generation import load_pretrained
+
+    return load_pretrained(final, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def greedy_story(slm):
+    """The model's own greedy continuation of PROMPT (slm_hf.generation, the SLM classes), as text."""
+    from slm_hf.generation import GenerationSettings, generate_ids
+
+    model, tokenizer = slm
+    (ids,) = generate_ids(model, tokenizer, PROMPT, GenerationSettings(max_new_tokens=24, temperature=0))
+    return tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def test_the_openai_client_gets_the_story_of_generate(server, client, greedy_story, slm):
+    from slm_hf.generation import encode_prompt
+
+    model, prompt_ids = server[1], encode_prompt(slm[1], PROMPT)
+    assert len(greedy_story) > 10
+    answer = client.completions.create(model=model, prompt=PROMPT, max_tokens=24, temperature=0)
+    assert answer.choices[0].text == greedy_story
+    assert answer.usage.prompt_tokens == len(prompt_ids)  # the prompt string read as generate() reads it
+    pieces = [chunk.choices[0].text for chunk in client.completions.create(
+        model=model, prompt=PROMPT, max_tokens=24, temperature=0, stream=True) if chunk.choices]
+    assert len([piece for piece in pieces if piece]) > 3, f"not streamed token by token: {pieces!r}"
+    assert "".join(pieces) == greedy_story
+
+
+def _post(base_url: str, body: bytes) -> tuple[int, str]:
+    request = urllib.request.Request(f"{base_url}/completions", data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+@pytest.mark.parametrize("body, status, message", [
+    ({"prompt": "Lily had a ball. " * 60, "max_tokens": 8}, 400, "tokens, but the model takes at most"),
+    ({"prompt": PROMPT, "max_tokens": 10**6}, 400, "past the model's context: the prompt has 14 tokens"),
+    ({"prompt": PROMPT, "max_tokens": 0}, 400, "max_tokens must be at least 1"),
+    ({"prompt": "", "max_tokens": 8}, 200, ""),  # a story from nothing: after its start token
+    ({"prompt": PROMPT}, 200, ""),  # no max_tokens: up to the end of the context at most, not past it
+    (b'{"prompt": "Once \xff\xfe upon", "max_tokens": 8}', 400, "error parsing the body"),
+    ({"prompt": 42, "max_tokens": 8}, 400, "prompt must be a string"),
+])
+def test_a_bad_request_gets_one_clear_answer_and_the_server_goes_on(server, client, body, status, message):
+    base_url, model = server
+    raw = body if isinstance(body, bytes) else json.dumps({"model": model, **body}).encode()
+    if isinstance(body, bytes):
+        raw = raw.replace(b"{", b'{"model": ' + json.dumps(model).encode() + b", ", 1)
+    code, text = _post(base_url, raw)
+    assert code == status, text
+    assert message.lower() in text.lower()
+    assert "Traceback" not in text
+    if code == 200:
+        assert json.loads(text)["usage"]["total_tokens"] <= CONTEXT
+    after = client.completions.create(model=model, prompt=PROMPT, max_tokens=4, temperature=0)
+    assert after.choices[0].text
+
+
+def test_the_served_tokenizer_loads_without_a_question_and_starts_with_the_start_token(export, final, monkeypatch):
+    """`AutoTokenizer.from_pretrained` on the served folder: a plain PreTrainedTokenizerFast, no remote-code
+    question (input() would fail here), and the prompt string encoded as generate() encodes it."""
+    import builtins
+
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    from slm_hf.generation import encode_prompt
+    from slm_hf.tokenization import load_tokenizer
+
+    monkeypatch.setattr(builtins, "input", lambda *args: pytest.fail(f"asked: {args}"))
+    tokenizer = AutoTokenizer.from_pretrained(export)
+    assert isinstance(tokenizer, PreTrainedTokenizerFast)
+    assert tokenizer(PROMPT)["input_ids"] == encode_prompt(load_tokenizer(final), PROMPT)
+
+
+def test_a_small_load_round_completes_with_no_failure(server):
+    """bench/bench_serve.py's round, small and bounded: 4 concurrent streamed clients, 2 stories each."""
+    bench_serve = _bench_serve()
+    base_url, model = server
+    result = bench_serve.round_of(lambda: bench_serve.ServerClient(base_url, model, 8), clients=4, requests=2,
+                                  time_limit_s=120)
+    assert (result["completed"], result["failed"], result["refused"]) == (8, [], [])
+    assert result["tokens"] > 0 and result["ttft_p95_s"] <= result["end_p95_s"]
