@@ -39,6 +39,7 @@ class Launch:
     local_world_size: int  # processes on this machine (LOCAL_WORLD_SIZE, else 1)
     launcher_environ: dict[str, str] | None  # the launcher's environment as it was started (None: unreadable)
     launcher_cmdline: list[str]  # the launcher's command line ([] if unreadable)
+    launcher_pid: int | None = None  # the launcher's process id (the parent's, when started); None under python
 
     @classmethod
     def detect(cls, environ: dict[str, str] | None = None) -> Launch:
@@ -50,6 +51,7 @@ class Launch:
         else:
             launcher = "python"
         parent_environ, parent_cmdline = None, []
+        launcher_pid = os.getppid() if launcher != "python" else None
         if launcher != "python":
             try:
                 parent = psutil.Process().parent()
@@ -64,6 +66,7 @@ class Launch:
             local_world_size=max(int(environ.get("LOCAL_WORLD_SIZE", "1") or 1), 1),
             launcher_environ=parent_environ,
             launcher_cmdline=parent_cmdline,
+            launcher_pid=launcher_pid,
         )
 
     def set_by_launcher(self, name: str) -> bool:
