@@ -14,6 +14,8 @@ The same `scripts/train.py` runs under plain `python`, `accelerate launch` (with
   mismatch that cannot be repaired.
 - Engines and precision. Accelerate runs DDP where FSDP or DeepSpeed was asked on a CPU (`engine_warning`), and
   passes its own `--mixed_precision` as `ACCELERATE_MIXED_PRECISION`, "no" by default (`launcher_precision`).
+- The launcher's death. `launcher_pid` is the parent that started the process: the training loop stops with a
+  checkpoint when it is gone (`training/signals.py`).
 
 Reading the launcher (the parent process) goes through psutil, which Accelerate already needs; where it cannot be
 read, the environment alone decides and the user's settings are left as they are.
