@@ -8,7 +8,7 @@ built in a temporary folder (--work, default under /tmp; never committed). For e
 - "text": prepare_data on the folder of .txt files (streamed by slm_hf.data.StoryFiles);
 - "datasets": prepare_data on the same stories as a .jsonl file (read by the `datasets` library, Arrow cache);
 prepare_data runs in a child process, which reports its peak RSS (getrusage); MB/s is text bytes / wall seconds,
-and train.bin is checked (its size, the token count and the story count meta.json gives, one <|endoftext|> per
+(with --tokenizer, a given tokenizer: reading and tokenizing only), and train.bin is checked (its size, the token count and the story count meta.json gives, one <|endoftext|> per
 story). With --train, a short training run starts from the largest folder and from the smallest: the start-up
 (plan and start: nothing proportional to the corpus should be there), tokens/s and peak RSS of each.
 Results: one JSON via bench/machine.write_results.
@@ -65,12 +65,12 @@ def build_corpus(text_dir: Path, folder: Path, size_mb: float, jsonl: bool) -> d
     return {"copies": copies, "bytes": (folder / "train.txt").stat().st_size, "stories": stories}
 
 
-def child_prepare(source: str, out: str) -> None:
+def child_prepare(source: str, out: str, tokenizer: str = "") -> None:
     """(In a child process.) prepare_data from `source` into `out`; print seconds and peak RSS as JSON."""
     started = time.perf_counter()
     from slm_hf.data import prepare_data
 
-    prepare_data(source, out_dir=out, show_progress=False)
+    prepare_data(source, out_dir=out, show_progress=False, tokenizer=tokenizer or None)
     print(json.dumps({"seconds": time.perf_counter() - started, "peak_rss_mb": peak_rss_mb()}))
 
 
@@ -130,6 +130,8 @@ def main() -> None:
     parser.add_argument("--paths", nargs="+", choices=["text", "datasets"], default=["text", "datasets"])
     parser.add_argument("--text-dir", type=Path, default=DEFAULT_TEXT_DIR)
     parser.add_argument("--work", type=Path, default=None, help="temporary folder (default: a new one under /tmp)")
+    parser.add_argument("--tokenizer", type=Path, default=None,
+                        help="a tokenizer folder to use instead of training one (measures reading and tokenizing)")
     parser.add_argument("--train", action="store_true", help="also train from the largest and smallest folders")
     parser.add_argument("--train-steps", type=int, default=60)
     parser.add_argument("--note", default="", help="e.g. 'machine busy: 4 engineers share 2 cores'")
@@ -138,7 +140,7 @@ def main() -> None:
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_prepare_scale-", dir="/tmp"))
     os.environ["HF_DATASETS_CACHE"] = str(work / "datasets_cache")  # the children's Arrow files stay in `work`
-    results = {"note": args.note, "sizes": []}
+    results = {"note": args.note, "tokenizer": str(args.tokenizer or "trained by prepare_data"), "sizes": []}
     folders = {}
     try:
         for size in args.sizes_mb:
@@ -147,7 +149,7 @@ def main() -> None:
             for path in args.paths:
                 source = corpus_dir if path == "text" else work / f"corpus-{size:g}mb-jsonl"
                 out = work / f"data-{size:g}mb-{path}"
-                measured = in_child("--child-prepare", str(source), str(out))
+                measured = in_child("--child-prepare", str(source), str(out), str(args.tokenizer or ""))
                 record = {"size_mb": size, "path": path, "text_bytes": corpus["bytes"],
                           "seconds": round(measured["seconds"], 2), "peak_rss_mb": round(measured["peak_rss_mb"], 1),
                           "mb_per_s": round(corpus["bytes"] / 1e6 / measured["seconds"], 2),
@@ -176,7 +178,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--child-prepare"]:
-        child_prepare(*sys.argv[2:4])
+        child_prepare(*sys.argv[2:5])
     elif sys.argv[1:2] == ["--child-train"]:
         child_train(sys.argv[2], sys.argv[3], int(sys.argv[4]))
     else:
