@@ -185,7 +185,7 @@ def test_a_run_resumes_on_another_process_count(tiny_data_dir, reference, env, t
     """1 x 2 -> 2 x 1 (torchrun on one machine, from the reference's step 50), then 2 x 1 -> 1 x 2 (python, from step
     75: an odd step, where the micro-batches counted so far are not a multiple of the new accumulation)."""
     two = tmp_path / "two"
-    command = [*TORCHRUN, "--nproc_per_node", "2", "--master_port", free_port(),
+    command = [*TORCHRUN, "--standalone", "--nproc_per_node", "2",  # a free port of its own
                *train_args(tiny_data_dir, two, *TWO_PROCESSES, "save_interval=75", "--resume",
                            str(reference / "checkpoints" / "step_0000050"))]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
@@ -204,7 +204,7 @@ def test_a_run_resumes_on_another_process_count(tiny_data_dir, reference, env, t
 def test_workers_whose_launcher_is_killed_save_a_checkpoint_and_stop(tiny_data_dir, env, tmp_path):
     """SIGKILL to torchrun forwards no signal (its workers run in sessions of their own): they notice and save."""
     out = tmp_path / "run"
-    command = [*TORCHRUN, "--nproc_per_node", "2", "--master_port", free_port(),
+    command = [*TORCHRUN, "--standalone", "--nproc_per_node", "2",  # a free port of its own
                *train_args(tiny_data_dir, out, *TWO_PROCESSES)]
     launcher = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
                                 start_new_session=True)
