@@ -21,13 +21,13 @@ import pytest
 
 from slm_hf.data import SAMPLE_DIR, SAMPLE_FILES, read_stories
 
-STORIES = 2000  # about 1.7 MB of text
+STORIES = 1000  # about 0.85 MB of text
 SIZES = (2, 6)  # copies of the stories: both several tokenizer batches
-# Files are read 1 MB at a time here (16 MB in use): both sizes are several read buffers long.
+# Files are read 256 KB at a time here (16 MB in use): both sizes are several read buffers long.
 CHILD = """
 import json, resource, sys, tracemalloc
 from slm_hf.data import prepare_data, stories
-stories.READ_CHUNK = 1 << 20
+stories.READ_CHUNK = 1 << 18
 tracemalloc.start()
 prepared = prepare_data(sys.argv[1], out_dir=sys.argv[2], tokenizer=sys.argv[3], show_progress=False)
 print(json.dumps({"python_peak": tracemalloc.get_traced_memory()[1],
