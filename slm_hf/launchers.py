@@ -14,6 +14,8 @@ The same `scripts/train.py` runs under plain `python`, `accelerate launch` (with
   mismatch that cannot be repaired.
 - Engines and precision. Accelerate runs DDP where FSDP or DeepSpeed was asked on a CPU (`engine_warning`), and
   passes its own `--mixed_precision` as `ACCELERATE_MIXED_PRECISION`, "no" by default (`launcher_precision`).
+- The launcher's death. `launcher_pid` is the parent that started the process: the training loop stops with a
+  checkpoint when it is gone (`training/signals.py`).
 
 Reading the launcher (the parent process) goes through psutil, which Accelerate already needs; where it cannot be
 read, the environment alone decides and the user's settings are left as they are.
@@ -39,6 +41,7 @@ class Launch:
     local_world_size: int  # processes on this machine (LOCAL_WORLD_SIZE, else 1)
     launcher_environ: dict[str, str] | None  # the launcher's environment as it was started (None: unreadable)
     launcher_cmdline: list[str]  # the launcher's command line ([] if unreadable)
+    launcher_pid: int | None = None  # the launcher's process id (the parent's, when started); None under python
 
     @classmethod
     def detect(cls, environ: dict[str, str] | None = None) -> Launch:
@@ -50,6 +53,7 @@ class Launch:
         else:
             launcher = "python"
         parent_environ, parent_cmdline = None, []
+        launcher_pid = os.getppid() if launcher != "python" else None
         if launcher != "python":
             try:
                 parent = psutil.Process().parent()
@@ -64,6 +68,7 @@ class Launch:
             local_world_size=max(int(environ.get("LOCAL_WORLD_SIZE", "1") or 1), 1),
             launcher_environ=parent_environ,
             launcher_cmdline=parent_cmdline,
+            launcher_pid=launcher_pid,
         )
 
     def set_by_launcher(self, name: str) -> bool:

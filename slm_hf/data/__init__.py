@@ -28,6 +28,11 @@ Validation: the source's validation split when it has one (a split named ``valid
 a folder of ``.txt`` files, files with such a word in their name), else a seeded random ``val_fraction`` of the
 stories. Stories are stripped of surrounding whitespace; empty ones are skipped.
 
+Memory: text files (the sample, local ``.txt``, the Hub's ``.txt`` files) are streamed, never held whole: the
+tokenizer trains on at most ``tokenizer_train_stories`` stories picked evenly over the split, and encoding reads
+and writes one batch at a time, so the full TinyStories (1.9 GB of text) prepares in the memory the sample needs
+(bench/bench_prepare_scale.py). Tables and Hub datasets go through ``datasets`` and its memory-mapped Arrow cache.
+
 Every file is written under a temporary name and renamed into place, and ``meta.json`` is written last: a folder
 with a ``meta.json`` is complete, and an interrupted run never leaves a truncated file that a later step would read.
 Re-running with the same inputs and options reuses the folder.

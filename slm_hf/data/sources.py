@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import SLMError
 from ..tokenization import EOS_TOKEN
 from .options import DataOptions
-from .stories import check_utf8_file, read_text_files
+from .stories import StoryFiles, check_utf8_file
 
 DEFAULT_HUB_DATASET = "roneneldan/TinyStories"
 SAMPLE_DIR = Path(__file__).resolve().parent.parent / "sample_data"
@@ -33,7 +33,8 @@ _VALIDATION_FILE_NAME = re.compile(r"(?:^|[-_.\s])(?:validation|valid|val|dev)(?
 
 @dataclass
 class Corpus:
-    """A loaded source: the stories of each split, as `datasets.Dataset`s with one column, `text`."""
+    """A loaded source: the stories of each split, as `datasets.Dataset`s with one column, `text`, or as
+    `StoryFiles` (text files, streamed) that answer the same calls."""
 
     train: Any
     val: Any | None
@@ -138,14 +139,12 @@ def _check_not_empty(path: Path) -> None:
 def load_corpus(source: Source, options: DataOptions) -> Corpus:
     """Load the source's stories, cap them at `max_stories`, and hold out validation stories if needed."""
     if source.kind in ("sample", "text"):
-        splits = {split: _stories_dataset(read_text_files(paths, options.max_stories))
-                  for split, paths in source.files.items()}
+        splits = {split: StoryFiles(paths, options.max_stories) for split, paths in source.files.items()}
         description = "the shipped TinyStories sample" if source.kind == "sample" else source.name
         corpus = _corpus_from_splits(splits, description, options)
     elif source.kind == "hub" and _is_text_data_files(options.data_files):
         files = _download_hub_text_files(source.name, options.data_files)
-        splits = {split: _stories_dataset(read_text_files(paths, options.max_stories))
-                  for split, paths in files.items()}
+        splits = {split: StoryFiles(paths, options.max_stories) for split, paths in files.items()}
         names = ", ".join(path.name for paths in files.values() for path in paths)
         corpus = _corpus_from_splits(splits, f"{source.name} ({names})", options)
     else:
@@ -184,12 +183,6 @@ def _corpus_from_splits(splits: dict[str, Any], description: str, options: DataO
     keep[held_out] = False
     return Corpus(train.select(np.flatnonzero(keep)), train.select(held_out), description,
                    validation=f"a random {options.val_fraction:g} of the stories (seed {options.seed})")
-
-
-def _stories_dataset(stories: list[str]):
-    from datasets import Dataset
-
-    return Dataset.from_dict({"text": stories})
 
 
 def _check_table_file(path: Path) -> None:

@@ -1,44 +1,80 @@
 """Story files: the TinyStories text format (each story followed by a line holding exactly <|endoftext|>), read in
-chunks and checked to be UTF-8 text."""
+chunks and checked to be UTF-8 text, and streamed (`StoryFiles`) where a whole corpus is read."""
 
 from __future__ import annotations
 
 import codecs
 import gzip
+import itertools
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+import numpy as np
 
 from ..errors import SLMError
 
 SEPARATOR = re.compile(rb"^<\|endoftext\|>[ \t\r]*(?:\n|\Z)", re.MULTILINE)
-READ_CHUNK = 64 << 20  # bytes read from a text file at a time
+READ_CHUNK = 16 << 20  # bytes read from a text file at a time
 
 
-def read_text_files(paths: Sequence[Path], limit: int | None) -> list[str]:
-    stories: list[str] = []
-    for path in paths:
-        stories.extend(read_stories(path, None if limit is None else limit - len(stories)))
-        if limit is not None and len(stories) >= limit:
-            break
-    return stories
+class StoryFiles:
+    """The stories of TinyStories-format text files, streamed: never all in memory, whatever the files' size.
+
+    It answers what the data pipeline asks of a `datasets.Dataset` of stories (`len`, `select` of a subset, `iter`
+    in batches of `{"text": [...]}`), each by reading the files again: memory stays that of one read chunk and one
+    batch. `len` (one pass, counted once) also checks every story is UTF-8 text, so a bad file is refused before
+    anything is written. A selection keeps one byte per story (which stories it holds), not the stories.
+    """
+
+    def __init__(self, paths: Sequence[Path], limit: int | None = None, keep: np.ndarray | None = None):
+        self.paths, self.limit, self.keep = list(paths), limit, keep
+        self._count = None if keep is None else int(keep.sum())
+
+    def __len__(self) -> int:
+        if self._count is None:
+            self._count = sum(1 for _ in self._all_stories())
+        return self._count
+
+    def select(self, indices) -> StoryFiles:
+        """The stories at `indices` (positions in this collection), in file order."""
+        positions = np.flatnonzero(self.keep) if self.keep is not None else np.arange(len(self))
+        keep = np.zeros(len(positions) if self.keep is None else len(self.keep), dtype=bool)
+        keep[positions[np.asarray(indices, dtype=np.int64)]] = True
+        return StoryFiles(self.paths, self.limit, keep)
+
+    def iter(self, batch_size: int) -> Iterator[dict[str, list[str]]]:
+        """Batches of `batch_size` stories, as `datasets.Dataset.iter` gives them."""
+        stories = self._all_stories()
+        if self.keep is not None:
+            stories = itertools.compress(stories, self.keep)
+        while batch := list(itertools.islice(stories, batch_size)):
+            yield {"text": batch}
+
+    def _all_stories(self) -> Iterator[str]:
+        stories = itertools.chain.from_iterable(iter_stories(path) for path in self.paths)
+        return stories if self.limit is None else itertools.islice(stories, self.limit)
 
 
 def read_stories(path: str | os.PathLike, limit: int | None = None) -> list[str]:
-    """The stories of a TinyStories-format text file (.txt or .txt.gz): each story followed by a line holding
-    exactly <|endoftext|>. Stories are stripped of surrounding whitespace; empty ones are skipped.
+    """The stories of a TinyStories-format text file (.txt or .txt.gz), at most `limit` of them: `iter_stories`."""
+    return list(itertools.islice(iter_stories(path), limit))
+
+
+def iter_stories(path: str | os.PathLike) -> Iterator[str]:
+    """The stories of a TinyStories-format text file (.txt or .txt.gz), one at a time: each story followed by a line
+    holding exactly <|endoftext|>. Stories are stripped of surrounding whitespace; empty ones are skipped.
 
     The file is read in chunks; `SLMError` names the file and the byte offset of a NUL byte (a binary file) or of
     the first byte that is not UTF-8 (offsets count decompressed bytes for .gz files).
     """
     path = Path(path)
-    stories: list[str] = []
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
         with opener(path, "rb") as file:
             buffer, buffer_offset, at_end = b"", 0, False
-            while not at_end and (limit is None or len(stories) < limit):
+            while not at_end:
                 chunk = file.read(READ_CHUNK)
                 at_end = not chunk
                 buffer += chunk
@@ -46,22 +82,20 @@ def read_stories(path: str | os.PathLike, limit: int | None = None) -> list[str]
                 for match in SEPARATOR.finditer(buffer):
                     if not at_end and match.end() == len(buffer):
                         break  # the separator line may go on in the next chunk
-                    _add_story(stories, path, buffer[start:match.start()], buffer_offset + start)
+                    if story := _story(path, buffer[start:match.start()], buffer_offset + start):
+                        yield story
                     start = match.end()
-                if at_end:
-                    _add_story(stories, path, buffer[start:], buffer_offset + start)
+                if at_end and (story := _story(path, buffer[start:], buffer_offset + start)):
+                    yield story
                 buffer, buffer_offset = buffer[start:], buffer_offset + start
     except (OSError, EOFError) as error:  # gzip.BadGzipFile is an OSError
         raise SLMError(f"cannot read {path}: {error}") from error
-    return stories[:limit] if limit is not None else stories
 
 
-def _add_story(stories: list[str], path: Path, raw: bytes, offset: int) -> None:
+def _story(path: Path, raw: bytes, offset: int) -> str:
     if offset == 0 and raw.startswith(codecs.BOM_UTF8):
         raw, offset = raw[len(codecs.BOM_UTF8):], len(codecs.BOM_UTF8)
-    text = _decode_utf8(raw, path, offset).strip()
-    if text:
-        stories.append(text)
+    return _decode_utf8(raw, path, offset).strip()
 
 
 def _decode_utf8(raw: bytes, path: Path, offset: int, final: bool = True, decoder=None) -> str:

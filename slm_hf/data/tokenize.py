@@ -59,9 +59,10 @@ def train_on_corpus(corpus: Corpus, options: DataOptions, show_progress: bool):
 
 
 def _iter_batches(stories) -> Iterator[list]:
+    """The stories (a `datasets.Dataset` or `StoryFiles`) in batches, streamed."""
     batch_size = BATCH_STORIES  # read at each call, not fixed when the function is defined
-    for start in range(0, len(stories), batch_size):
-        yield stories[start:start + batch_size]["text"]
+    for batch in stories.iter(batch_size=batch_size):
+        yield batch["text"]
 
 
 def _clean(batch: list) -> list[str]:

@@ -48,13 +48,14 @@ def train_and_export(run: Run, state: LoopState) -> TrainingOutcome:
 
 
 def train_steps(run: Run, state: LoopState) -> None:
-    """Train until max_steps, or until SIGINT / SIGTERM (then `state.interrupted_by` names it) or the time budget."""
+    """Train until max_steps, or until SIGINT / SIGTERM or the launcher's death (then `state.interrupted_by` names
+    the signal) or the time budget."""
     config, saved = run.config, state.saved
     budget = TimeBudget(config) if config.max_minutes else None
     loss_scale = LossScaleWatch(run.accelerator)
     run.progress.start(saved.max_steps, initial=saved.step)
     run.model.train()
-    with StopSignals(say=run.log) as signals:
+    with StopSignals(say=run.log, launcher_pid=run.launch.launcher_pid) as signals:
         while saved.step < saved.max_steps:
             step_started = time.perf_counter()
             lr = run.scheduler.get_last_lr()[0]
@@ -124,7 +125,7 @@ def refit_budget(run: Run, state: LoopState, budget: TimeBudget) -> None:
 
 def stop_requests(run: Run, state: LoopState, signals: StopSignals, budget: TimeBudget | None) -> tuple[bool, bool]:
     """(stop asked by a signal, time budget used up), agreed by every process: they must stop at the same step."""
-    stop = signals.received is not None
+    stop = signals.requested() is not None
     over_budget = budget is not None and budget.used_up(state)
     if run.shape.processes > 1:
         flags = torch.tensor([stop, over_budget], device=run.accelerator.device, dtype=torch.int32)

@@ -15,6 +15,7 @@ from transformers import GenerationConfig, PreTrainedModel
 
 from ..configuration_slm import SLMConfig
 from ..data import load_tokens
+from ..errors import SLMError
 from ..launchers import Launch, engine_warning
 from ..modeling_slm import SLMForCausalLM
 from ..progress import TrainingProgress
@@ -23,7 +24,7 @@ from .batches import TokenWindows
 from .compiling import compile_if_asked
 from .metrics import MetricsLog, flat_hparams
 from .optim import Schedule, build_optimizer
-from .outputs import Resume, device_name, raise_different_run
+from .outputs import Resume, device_name
 from .precision import MasterWeights, Precision
 from .state import BatchShape, LoopState, TrainingState
 
@@ -59,6 +60,7 @@ class Run:
     config: TrainingConfig
     out_dir: Path
     progress: TrainingProgress
+    launch: Launch  # how the process was started (the loop watches the launcher)
     accelerator: Accelerator
     shape: BatchShape
     precision: Precision
@@ -110,8 +112,8 @@ def start(setup: RunSetup, model_factory: Callable[[SLMConfig], PreTrainedModel]
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda done: schedule.lr(done + 1) / schedule.peak)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     run = Run(
-        config, out_dir, setup.progress, accelerator, shape, setup.precision, setup.model_config, setup.tokenizer,
-        model, model if master is None else master.module, master, optimizer, scheduler, schedule,
+        config, out_dir, setup.progress, setup.launch, accelerator, shape, setup.precision, setup.model_config,
+        setup.tokenizer, model, model if master is None else master.module, master, optimizer, scheduler, schedule,
         *data_batches(setup, accelerator), metrics=None,
         parameters=sum(p.numel() for p in accelerator.unwrap_model(model).parameters()),
         data_summary=setup.data_summary,
@@ -136,13 +138,24 @@ def batch_shape(config: TrainingConfig, accelerator: Accelerator) -> BatchShape:
 
 def check_batch_shape(resume: Resume, shape: BatchShape, quiet: bool) -> None:
     """A run resumes exactly only with the same micro-batches per step (processes x gradient_accumulation_steps):
-    the batches of a step are keyed by their index among them."""
+    the batches of a step are keyed by their index among them. Any split of them over processes goes on exactly
+    (2 x 1 as 1 x 2, after a node is lost); another product is refused in one line naming the accumulation that
+    would match on this run's process count."""
     saved = resume.state.batch
-    if saved is not None and saved.micro_batches_per_step != shape.micro_batches_per_step:
-        raise_different_run(resume.checkpoint, [
-            f"micro-batches per step (processes x gradient_accumulation_steps): "
-            f"{saved.micro_batches_per_step} -> {shape.micro_batches_per_step}"
-        ], quiet=quiet)
+    if saved is None or saved.micro_batches_per_step == shape.micro_batches_per_step:
+        return
+    wanted = saved.micro_batches_per_step
+    if wanted % shape.processes == 0:
+        remedy = f"resume with gradient_accumulation_steps={wanted // shape.processes} to continue the same batches"
+    else:
+        remedy = (f"no gradient_accumulation_steps matches on {shape.processes} processes: use a process count that "
+                  f"divides {wanted}")
+    raise SLMError(
+        f"{resume.checkpoint} was saved by {saved.processes} process(es) x gradient_accumulation_steps "
+        f"{saved.accumulation} ({wanted} micro-batches per step) but this run has {shape.processes} x "
+        f"{shape.accumulation} ({shape.micro_batches_per_step}); {remedy}",
+        quiet=quiet,
+    )
 
 
 def build_model(setup: RunSetup, model_factory: Callable[[SLMConfig], PreTrainedModel] | None):
@@ -195,6 +208,9 @@ def resume_or_start(run: Run, setup: RunSetup) -> LoopState:
                           data=setup.data_summary)
     if resume is not None:
         accelerator.load_state(str(resume.checkpoint))
+        # load_state restores Accelerate's count of this process's micro-batches, which decides the one that
+        # synchronises gradients: a run resumed on another process count (2 x 1 -> 1 x 2) counts its own.
+        accelerator.step = resume.state.step * run.shape.accumulation
         saved = replace(resume.state, batch=run.shape, precision=run.precision.setting)
         if config.max_steps != resume.state.max_steps and not resume.state.budget_fitted:
             saved.max_steps = config.max_steps  # asked to train longer (or shorter): the cosine stretches

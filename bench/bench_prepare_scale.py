@@ -1,0 +1,185 @@
+"""prepare_data at the full dataset's size: peak memory and throughput as the corpus grows, and training from it.
+
+    python bench/bench_prepare_scale.py --sizes-mb 20 100            # minutes on 2 cores
+    python bench/bench_prepare_scale.py --sizes-mb 1900 --paths text # TinyStories' training size (~8 minutes)
+
+Each corpus is the shared TinyStories train.txt repeated up to the size asked (valid.txt as its validation file),
+built in a temporary folder (--work, default under /tmp; never committed). For each size and path:
+- "text": prepare_data on the folder of .txt files (streamed by slm_hf.data.StoryFiles);
+- "datasets": prepare_data on the same stories as a .jsonl file (read by the `datasets` library, Arrow cache);
+prepare_data runs in a child process, which reports its peak RSS (getrusage); MB/s is text bytes / wall seconds,
+(with --tokenizer, a given tokenizer: reading and tokenizing only), and train.bin is checked (its size, the token count and the story count meta.json gives, one <|endoftext|> per
+story). With --train, a short training run starts from the largest folder and from the smallest: the start-up
+(plan and start: nothing proportional to the corpus should be there), tokens/s and peak RSS of each.
+Results: one JSON via bench/machine.write_results.
+"""
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from machine import write_results  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_TEXT_DIR = ROOT.parents[0] / "shared" / "data" / "tinystories"
+TINY = ROOT / "configs" / "tiny.yaml"
+
+
+def peak_rss_mb() -> float:
+    """The peak resident memory of this process and of its finished children, in MB (Linux reports KiB)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, children) * 1024 / 1e6
+
+
+def build_corpus(text_dir: Path, folder: Path, size_mb: float, jsonl: bool) -> dict:
+    """train.txt repeated up to `size_mb` MB (and valid.txt) in `folder`; with `jsonl`, the same as .jsonl files."""
+    from slm_hf.data import read_stories
+
+    folder.mkdir(parents=True, exist_ok=True)
+    source = (text_dir / "train.txt").read_bytes()
+    copies = max(1, round(size_mb * 1e6 / len(source)))
+    with open(folder / "train.txt", "wb") as file:
+        for _ in range(copies):
+            file.write(source.rstrip(b"\n") + b"\n")
+    shutil.copyfile(text_dir / "valid.txt", folder / "valid.txt")
+    stories = len(read_stories(text_dir / "train.txt")) * copies
+    if jsonl:
+        tables = folder.parent / f"{folder.name}-jsonl"
+        tables.mkdir(exist_ok=True)
+        for name, split in (("train.txt", "train"), ("valid.txt", "validation")):
+            from slm_hf.data.stories import iter_stories
+
+            with open(tables / f"{split}.jsonl", "w", encoding="utf-8") as file:
+                for story in iter_stories(folder / name):
+                    file.write(json.dumps({"text": story}) + "\n")
+    return {"copies": copies, "bytes": (folder / "train.txt").stat().st_size, "stories": stories}
+
+
+def child_prepare(source: str, out: str, tokenizer: str = "") -> None:
+    """(In a child process.) prepare_data from `source` into `out`; print seconds and peak RSS as JSON."""
+    started = time.perf_counter()
+    from slm_hf.data import prepare_data
+
+    prepare_data(source, out_dir=out, show_progress=False, tokenizer=tokenizer or None)
+    print(json.dumps({"seconds": time.perf_counter() - started, "peak_rss_mb": peak_rss_mb()}))
+
+
+def child_train(data: str, out: str, steps: int) -> None:
+    """(In a child process.) Plan and start a tiny run on `data`, then train `steps` steps; print the timings."""
+    started = time.perf_counter()
+    import torch
+
+    from slm_hf.training.loop import train_and_export
+    from slm_hf.training.outputs import prepare_output_dir
+    from slm_hf.training.run import plan_run
+    from slm_hf.training.start import start
+    from slm_hf.training_config import TrainingConfig
+
+    torch.set_num_threads(1)
+    config = TrainingConfig.load(TINY, [f"max_steps={steps}", f"eval_interval={steps}", "sample_tokens=0",
+                                        "eval_iters=4", "save_interval=100000"])
+    imported = time.perf_counter()
+    setup = plan_run(config, data, out, None, False)
+    prepare_output_dir(setup.out_dir, False, setup.distributed)
+    run, state = start(setup, None)
+    started_run = time.perf_counter()
+    train_and_export(run, state)
+    trained = time.perf_counter()
+    print(json.dumps({"imports_s": imported - started, "start_up_s": started_run - imported,
+                      "train_s": trained - started_run, "tokens": state.saved.tokens,
+                      "tokens_per_s": state.saved.tokens / (trained - started_run),
+                      "train_tokens_in_folder": setup.data_summary["train_tokens"], "peak_rss_mb": peak_rss_mb()}))
+
+
+def in_child(*args: str) -> dict:
+    result = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, cwd=ROOT)
+    if result.returncode != 0:
+        raise SystemExit(f"child {args} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def check_folder(out: Path, expected_stories: int) -> dict:
+    """train.bin against meta.json: size, token count, one <|endoftext|> per story, stories as many as expected."""
+    import numpy as np
+
+    meta = json.loads((out / "meta.json").read_text())
+    train = meta["splits"]["train"]
+    tokens = np.memmap(out / "train.bin", dtype=meta["dtype"], mode="r")
+    ends = sum(int((tokens[i:i + (1 << 24)] == meta["eos_token_id"]).sum()) for i in range(0, len(tokens), 1 << 24))
+    checks = {"size_matches_tokens": len(tokens) == train["tokens"], "one_eos_per_story": ends == train["stories"],
+              "stories_all_there": train["stories"] + meta["splits"]["val"]["stories"] >= expected_stories,
+              "ends_with_eos": int(tokens[-1]) == meta["eos_token_id"]}
+    if not all(checks.values()):
+        raise SystemExit(f"{out}: train.bin fails {checks}")
+    return {"train_tokens": train["tokens"], "train_stories": train["stories"], **checks}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes-mb", type=float, nargs="+", default=[20, 100])
+    parser.add_argument("--paths", nargs="+", choices=["text", "datasets"], default=["text", "datasets"])
+    parser.add_argument("--text-dir", type=Path, default=DEFAULT_TEXT_DIR)
+    parser.add_argument("--work", type=Path, default=None, help="temporary folder (default: a new one under /tmp)")
+    parser.add_argument("--tokenizer", type=Path, default=None,
+                        help="a tokenizer folder to use instead of training one (measures reading and tokenizing)")
+    parser.add_argument("--train", action="store_true", help="also train from the largest and smallest folders")
+    parser.add_argument("--train-steps", type=int, default=60)
+    parser.add_argument("--note", default="", help="e.g. 'machine busy: 4 engineers share 2 cores'")
+    parser.add_argument("--out", type=Path, default=None, help="the results file (default: bench/results/...)")
+    args = parser.parse_args()
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench_prepare_scale-", dir="/tmp"))
+    os.environ["HF_DATASETS_CACHE"] = str(work / "datasets_cache")  # the children's Arrow files stay in `work`
+    results = {"note": args.note, "tokenizer": str(args.tokenizer or "trained by prepare_data"), "sizes": []}
+    folders = {}
+    try:
+        for size in args.sizes_mb:
+            corpus_dir = work / f"corpus-{size:g}mb"
+            corpus = build_corpus(args.text_dir, corpus_dir, size, jsonl="datasets" in args.paths)
+            for path in args.paths:
+                source = corpus_dir if path == "text" else work / f"corpus-{size:g}mb-jsonl"
+                out = work / f"data-{size:g}mb-{path}"
+                measured = in_child("--child-prepare", str(source), str(out), str(args.tokenizer or ""))
+                record = {"size_mb": size, "path": path, "text_bytes": corpus["bytes"],
+                          "seconds": round(measured["seconds"], 2), "peak_rss_mb": round(measured["peak_rss_mb"], 1),
+                          "mb_per_s": round(corpus["bytes"] / 1e6 / measured["seconds"], 2),
+                          **check_folder(out, corpus["stories"])}
+                print(json.dumps(record), flush=True)
+                results["sizes"].append(record)
+                folders[(size, path)] = out
+            if "datasets" in args.paths:
+                shutil.rmtree(work / f"corpus-{size:g}mb-jsonl")
+        for path in args.paths:
+            peaks = [r["peak_rss_mb"] for r in results["sizes"] if r["path"] == path]
+            results[f"{path}_peak_rss_growth"] = round(max(peaks) / min(peaks), 3)
+        if args.train:
+            path = args.paths[0]
+            results["training"] = {}
+            for size in (min(args.sizes_mb), max(args.sizes_mb)):
+                measured = in_child("--child-train", str(folders[(size, path)]), str(work / f"run-{size:g}mb"),
+                                    str(args.train_steps))
+                print(json.dumps({"size_mb": size, **measured}), flush=True)
+                results["training"][f"{size:g}mb"] = measured
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    print(write_results("prepare_scale", results, out=args.out))
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--child-prepare"]:
+        child_prepare(*sys.argv[2:5])
+    elif sys.argv[1:2] == ["--child-train"]:
+        child_train(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    else:
+        main()
