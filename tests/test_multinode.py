@@ -17,13 +17,13 @@ from pathlib import Path
 
 import psutil
 import pytest
+from ports import free_port
 from test_launchers import (
     ACCELERATE,
     QUICK,
     ROOT,
     TORCHRUN,
     environment,
-    free_port,
     train_args,
     train_losses,
     wait_for_steps,
