@@ -25,7 +25,11 @@ def parse_args(argv=None):
                         help="folder for the Llama export (default $SLM_HF_CACHE/serve or ~/.cache/slm_hf/serve)")
     parser.add_argument("--no-continuous-batching", action="store_true",
                         help="serve one request at a time (the default batches concurrent requests)")
+    parser.add_argument("--max-stories", type=int, default=32,
+                        help="stories written at once; sizes the server's KV cache (default 32 whole contexts)")
     args = parser.parse_args(argv)
+    if args.max_stories < 1:
+        parser.error(f"argument --max-stories: must be at least 1, got {args.max_stories}")
     if not 0 < args.port < 65536:
         parser.error(f"argument --port: {args.port} is not a port number (1-65535)")
     return args
@@ -40,7 +44,8 @@ def main(argv=None):
     folder = served_folder(args.model, args.cache)
     print(f"serving {args.model} at http://{args.host}:{args.port}/v1 as model {str(folder)!r}", file=sys.stderr,
           flush=True)
-    serve(folder, host=args.host, port=args.port, continuous_batching=not args.no_continuous_batching)
+    serve(folder, host=args.host, port=args.port, continuous_batching=not args.no_continuous_batching,
+          max_stories=args.max_stories)
 
 
 if __name__ == "__main__":

@@ -81,22 +81,35 @@ def served_folder(model_dir: str | os.PathLike, cache_dir: str | os.PathLike | N
     return folder
 
 
+# Continuous batching keeps its KV cache in pages of this many tokens (transformers' ContinuousBatchingConfig default).
+_CACHE_PAGE_TOKENS = 256
+# Tokens one forward pass of the batching loop may take: prompts being read plus one token per story being written.
+_BATCH_TOKENS = 2048
+
+
 def serve(folder: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 8000,
-          continuous_batching: bool = True) -> None:
+          continuous_batching: bool = True, max_stories: int = 32) -> None:
     """Run `transformers serve` on the Llama folder `folder` in this process until it is stopped (Ctrl-C, SIGTERM).
 
     The API's model name is `str(folder)`. One thing is added to the server: `/v1/completions` keeps every request
-    inside the model's context (`context_bound_completions`).
+    inside the model's context (`context_bound_completions`). With continuous batching, the KV cache holds
+    `max_stories` whole contexts: left to itself, the server sizes it to 90% of the free memory (on a CPU, the
+    machine's RAM), whatever the model; requests past that many wait for room.
     """
+    from transformers import AutoConfig
     from transformers.cli import serve as serve_cli
     from transformers.cli.serving import completion
 
     check_serve_dependencies()
+    if max_stories < 1:
+        raise SLMError(f"max_stories must be at least 1, got {max_stories}")
+    context = AutoConfig.from_pretrained(folder).max_position_embeddings
+    cache_pages = max_stories * -(-context // _CACHE_PAGE_TOKENS)
     handler = completion.CompletionHandler
     completion.CompletionHandler = context_bound_completions(folder)  # Serve.run builds its handler from here
     try:
         serve_cli.Serve(force_model=str(folder), continuous_batching=continuous_batching, host=host, port=port,
-                        log_level="warning")
+                        log_level="warning", cb_num_blocks=cache_pages, cb_max_batch_tokens=_BATCH_TOKENS)
     finally:
         completion.CompletionHandler = handler
 

@@ -48,7 +48,7 @@ def _bench_serve():
 
 @pytest.fixture(scope="module")
 def server(final, export, tmp_path_factory):
-    """(base_url, model name) of scripts/serve.py on 127.0.0.1, on a free port."""
+    """(base_url, model name, process) of scripts/serve.py on 127.0.0.1, on a free port."""
     bench_serve = _bench_serve()
     log = tmp_path_factory.mktemp("serve-log") / "serve.log"
     export_time = (export / "model.safetensors").stat().st_mtime_ns
@@ -59,7 +59,7 @@ def server(final, export, tmp_path_factory):
     try:
         assert f"as model {str(export)!r}" in log.read_text()  # the export made above, reused...
         assert (export / "model.safetensors").stat().st_mtime_ns == export_time  # ...not written again
-        yield models_url.rsplit("/", 1)[0], str(export)
+        yield models_url.rsplit("/", 1)[0], str(export), process
     finally:
         bench_serve.stop(process)
 
@@ -154,8 +154,15 @@ def test_the_served_tokenizer_loads_without_a_question_and_starts_with_the_start
 def test_a_small_load_round_completes_with_no_failure(server):
     """bench/bench_serve.py's round, small and bounded: 4 concurrent streamed clients, 2 stories each."""
     bench_serve = _bench_serve()
-    base_url, model = server
+    base_url, model, _ = server
     result = bench_serve.round_of(lambda: bench_serve.ServerClient(base_url, model, 8), clients=4, requests=2,
                                   time_limit_s=120)
     assert (result["completed"], result["failed"], result["refused"]) == (8, [], [])
     assert result["tokens"] > 0 and result["ttft_p95_s"] <= result["end_p95_s"]
+
+
+def test_the_server_holds_a_cache_of_its_own_size_not_of_the_machine(server):
+    """Left to itself, continuous batching sizes its KV cache to 90% of the free memory (14 GiB on a 24 GiB machine,
+    for a model of a few MB); serve() sizes it to 32 of the model's contexts. The bound is far above that (the
+    server's Python, torch, fastapi and the model: a few hundred MiB) and far below the unbounded cache."""
+    assert _bench_serve().resident_mib(server[2]) < 3 * 1024
