@@ -65,13 +65,28 @@ def commit() -> str | None:
 
 
 def describe() -> dict:
-    """The machine facts a results file records beside its figures."""
+    """The machine facts a results file records beside its figures (and the GPU's, where CUDA is present)."""
     import torch  # here, not at the top: bench_launchers times start-ups and imports no torch itself
     import transformers
 
     return {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "cores": len(os.sched_getaffinity(0)),
             "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "commit": commit()}
+            "transformers": transformers.__version__, "commit": commit(), **(gpu_description() or {})}
+
+
+def gpu_description() -> dict | None:
+    """The GPU's name and count, the CUDA version torch was built with and the driver's, where CUDA is present."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    try:
+        query = ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]
+        driver = subprocess.run(query, capture_output=True, text=True, timeout=30).stdout.strip().split("\n")[0]
+    except (OSError, subprocess.SubprocessError):
+        driver = ""
+    return {"gpu": torch.cuda.get_device_name(0), "gpus": torch.cuda.device_count(), "cuda": torch.version.cuda,
+            "driver": driver or None}
 
 
 def write_results(benchmark: str, results: dict, *, shape: dict | None = None, command: list[str] | None = None,
