@@ -54,3 +54,16 @@ def test_a_config_that_would_not_parse_fails_every_part_before_anything_runs(tmp
     assert "failed parts: fp16, overflow" in done.stderr
     for part in record["results"]["parts"].values():
         assert part["status"].startswith("failed: invalid configuration") and "grad_clipp" in part["status"]
+
+
+def test_the_wheels_for_the_gpu_machine_pin_this_environments_versions_and_leave_torch_to_its_image():
+    from importlib.metadata import version
+
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "bench" / "gpu_wheels.py"), "--print"],
+                          capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stderr
+    words = done.stdout.split()
+    assert words[1:4] == ["-m", "pip", "download"] and "--no-deps" in words and "3.12" in words
+    for name in ("transformers", "accelerate", "datasets", "huggingface-hub", "safetensors"):
+        assert f"{name}=={version(name)}" in words
+    assert not any(word.startswith(("torch==", "numpy==", "nvidia")) for word in words)
