@@ -448,7 +448,8 @@ def main(argv=None) -> int:
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     data = args.data.resolve() if args.data else work / "data"
-    report = {"parts": {}, "limits_s": {name: LIMITS[name] for name in ["data", *args.parts]}}
+    steps = ["data"] * (args.data is None) + args.parts
+    report = {"parts": {}, "limits_s": {name: LIMITS[name] for name in steps}}
     report["limits_total_s"] = sum(report["limits_s"].values())
     started = time.perf_counter()
     if args.data is None:
