@@ -37,7 +37,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--revision", default=os.environ.get("MODEL_REVISION"),
                         help="Hub revision to load, ideally a commit hash (default: $MODEL_REVISION)")
     parser.add_argument("--int8", action="store_true", default=os.environ.get("SLM_INT8", "") == "1",
-                        help="int8 weights: faster stories on a CPU with bf16 arithmetic (BENCHMARKS.md; default: "
+                        help="int8 weights: faster stories (BENCHMARKS.md, \"Generation speed\"; default: "
                              "$SLM_INT8 == 1)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
@@ -111,8 +111,8 @@ class StoryTeller:
 
     @classmethod
     def load(cls, name_or_path: str, revision: str | None = None, int8: bool = False) -> StoryTeller:
-        """`int8`: int8 weights (the model's `quantize_int8`), faster stories on a CPU with bf16 arithmetic
-        (BENCHMARKS.md)."""
+        """`int8`: int8 weights (the model's `quantize_int8`), faster stories (BENCHMARKS.md,
+        "Generation speed")."""
         trust_remote_code = not HAVE_SLM_HF  # the model's own code, from the (pinned) revision
         if Path(name_or_path).is_file():
             raise ValueError("it is a file; pass a model folder (a training run's final/) or a Hub id")

@@ -29,7 +29,7 @@ def parse_args(argv=None):
                         help="allow a Hub model's own code to run (not needed for SLM models)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--int8", action="store_true",
-                        help="int8 weights (SLM models; faster on a CPU with bf16 arithmetic: BENCHMARKS.md)")
+                        help="int8 weights (SLM models; its speed-up: BENCHMARKS.md, 'Generation speed')")
     args = parser.parse_args(argv)
     if args.prompt is None and sys.stdin is not None and sys.stdin.isatty():  # nobody is going to type prompts into a waiting script
         parser.error("no prompt: pass --prompt TEXT, or pipe prompts in, one per line "

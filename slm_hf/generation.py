@@ -128,7 +128,7 @@ def load_pretrained(
         trust_remote_code: allow the model's own Python files to run. Not needed for SLM models (`slm_hf`
             provides their classes), only for other custom architectures.
         int8: convert an SLM model for fast inference (`SLMForCausalLM.quantize_int8`: int8 weights; faster
-            decoding at batch 1 on a CPU with bf16 arithmetic, slower without: BENCHMARKS.md, "Generation speed").
+            decoding at batch 1 where BENCHMARKS.md, "Generation speed", measured it).
 
     Raises:
         SLMError: the folder or id does not hold a model and a tokenizer, or the Hub cannot be reached.
