@@ -121,7 +121,7 @@ def _post(base_url: str, body: bytes) -> tuple[int, str]:
     ({"prompt": 42, "max_tokens": 8}, 400, "prompt must be a string"),
 ])
 def test_a_bad_request_gets_one_clear_answer_and_the_server_goes_on(server, client, body, status, message):
-    base_url, model = server
+    base_url, model, _ = server
     raw = body if isinstance(body, bytes) else json.dumps({"model": model, **body}).encode()
     if isinstance(body, bytes):
         raw = raw.replace(b"{", b'{"model": ' + json.dumps(model).encode() + b", ", 1)
