@@ -145,12 +145,12 @@ CASES = [
     ("app", ["--model", "{final}", "--port", "http"], "--port"),
     # -------------------------------------------------------------------------------------- serve (issue 27)
     ("serve", [], "--model"),
-    ("serve", ["--model", "{missing}"], "missing"),
-    ("serve", ["--model", "{a_file}"], "a-file"),
+    ("serve", ["--model", "{missing}"], "does not exist"),
+    ("serve", ["--model", "{a_file}"], "is not a model folder"),
     ("serve", ["--model", "{empty_dir}"], "config.json"),
     ("serve", ["--model", "{other_arch}"], "gpt2"),
     ("serve", ["--model", "{truncated_model}", "--cache", "{new}"], "model.safetensors"),
-    ("serve", ["--model", "{final}", "--cache", "{a_file}"], "a-file"),
+    ("serve", ["--model", "{final}", "--cache", "{a_file}"], "is a file, not a folder"),
     ("serve", ["--model", "{final}", "--port", "http"], "--port"),
     ("serve", ["--model", "{final}", "--port", "99999"], "--port"),
 ]

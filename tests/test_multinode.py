@@ -61,7 +61,7 @@ class Machines:
     def __init__(self, launcher: str, out: Path, args: list[str], env: dict, logs: Path, timeout: float = 120):
         self.launcher, self.env, self.logs = launcher, env, logs
         for _attempt in range(3):
-            self._start(free_port(), args)
+            self._start(str(free_port()), args)
             deadline = time.monotonic() + timeout
             while not (out / ".run.lock.json").is_file() and all(p.poll() is None for p in self.processes):
                 assert time.monotonic() < deadline, f"{launcher}: no run within {timeout} s: {self.output()[-3000:]}"

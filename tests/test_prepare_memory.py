@@ -76,11 +76,11 @@ def test_ctrl_c_in_the_middle_leaves_nothing_half_written_and_the_rerun_finishes
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
-        while not any(path.stat().st_size > 0 for path in out.glob(".partial-*/train.bin")):
+        while not any(out.glob(".partial-*")):  # the staging folder: from it on, the data folder is being made
             assert process.poll() is None, process.communicate()
-            assert time.monotonic() < deadline, "no train.bin being written within 120 s"
-            time.sleep(0.02)
-        process.send_signal(signal.SIGINT)  # Ctrl-C while train.bin is being written
+            assert time.monotonic() < deadline, "no staging folder within 120 s"
+            time.sleep(0.01)
+        process.send_signal(signal.SIGINT)  # Ctrl-C while the folder is being written
         _, stderr = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
