@@ -106,7 +106,7 @@ def serve(folder: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 800
     context = AutoConfig.from_pretrained(folder).max_position_embeddings
     cache_pages = max_stories * -(-context // _CACHE_PAGE_TOKENS)
     handler = completion.CompletionHandler
-    completion.CompletionHandler = context_bound_completions(folder)  # Serve.run builds its handler from here
+    completion.CompletionHandler = context_bound_completions(folder, context)  # Serve.run builds its handler from here
     try:
         serve_cli.Serve(force_model=str(folder), continuous_batching=continuous_batching, host=host, port=port,
                         log_level="warning", cb_num_blocks=cache_pages, cb_max_batch_tokens=_BATCH_TOKENS)
@@ -114,19 +114,18 @@ def serve(folder: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 800
         completion.CompletionHandler = handler
 
 
-def context_bound_completions(folder: str | os.PathLike):
-    """`transformers serve`'s `/v1/completions` handler, bounded by the context of the model in `folder`.
+def context_bound_completions(folder: str | os.PathLike, context: int):
+    """`transformers serve`'s `/v1/completions` handler, bounded by `context`, the positions of the model in `folder`.
 
     Unchanged, the server asks for at least 1,024 new tokens when a request names no `max_tokens`, and honours any
     `max_tokens`, so a story runs past the positions the model was trained on (128 in the tiny model) into noise.
     Here a request without `max_tokens` gets the room its prompt leaves (as `slm_hf.generation` gives it), and one
     whose `max_tokens` does not fit is refused with one line (status 400), as the server refuses a prompt too long.
     """
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoTokenizer
     from transformers.cli.serving.completion import CompletionHandler
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    context = AutoConfig.from_pretrained(folder).max_position_embeddings
 
     class ContextBoundCompletionHandler(CompletionHandler):
         def _build_generation_kwargs(self, body: dict, model_generation_config) -> dict:
