@@ -104,6 +104,7 @@ LABELS = {
     "mfu": "MFU", "vs_llama": "vs Llama", "vs_llama_best": "vs Llama's best", "seconds": "seconds",
     "vs_llama_same_precision": "vs Llama, same precision", "vs_generate_fp32": "vs generate() fp32",
     "val_bits_per_byte": "val bits/byte", "wall_s": "wall s", "cpu_s": "CPU s", "mb_s": "MB/s",
+    "max_logit_difference": "largest logit difference", "top1_agreement": "top token agrees",
 }
 
 
@@ -236,6 +237,17 @@ def quality_body(results: dict) -> str:
     return "\n\n".join(part for part in [text, table(rows)] if part)
 
 
+def copy_fidelity_body(results: dict) -> str:
+    """Each inference copy against the fp32 model, then the learning check's losses at three learning rates."""
+    copies = [{"copy": name, **figures} for name, figures in results.get("copies", {}).items()]
+    learning = results.get("learning", {})
+    losses = [{"learning rate": name, "val loss at step 50": loss}
+              for name, loss in learning.get("val_loss_at_step_50", {}).items()]
+    if "uniform_guess_loss" in learning:
+        losses.append({"learning rate": "a uniform guess", "val loss at step 50": learning["uniform_guess_loss"]})
+    return "\n\n".join(part for part in [table(copies, "copy"), table(losses, "learning rate")] if part)
+
+
 @dataclass
 class Section:
     """How one benchmark is shown: a title, what it measures (prose without figures) and a renderer of its results."""
@@ -273,6 +285,13 @@ SECTIONS = {
     "soak_resume": Section(
         "Fault soak", "A run killed at seeded moments aimed at each phase, resumed with `--resume auto`, compared "
         "bit for bit with an uninterrupted run (bench/soak_resume.py)."),
+    "copy_fidelity": Section(
+        "Copy fidelity: the bounds the tests assert", "The int8 copy and the GGUF f16 and q8_0 files (run in "
+        "llama.cpp) against the fp32 model on the same positions: the largest logit difference and how often the "
+        "top token agrees (tests/test_export.py asserts bounds from these figures); and the validation loss of the "
+        "tiny test model after 50 steps at the test's learning rate and at a tenth and a hundredth of it, beside a "
+        "uniform guess (tests/test_training.py's \"has not learned\" check).",
+        copy_fidelity_body),
     "bench_suite": Section(
         "`make bench`: what each piece cost", "The wall time of each piece of the last `make bench` (bench/suite.py) "
         "on this CPU, and its exit status (0: the piece wrote its results)."),
