@@ -1,6 +1,6 @@
 """Many users at once: concurrent streamed stories from the OpenAI-compatible server and from the Gradio app.
 
-For each number of concurrent clients (--clients, default 1 4 16), every client sends --requests stories one after
+For each number of concurrent clients (--clients, default 1 4 8 16), every client sends --requests stories one after
 the other (a fixed prompt, --max-tokens new tokens, greedy), streamed: through the `openai` client against
 scripts/serve.py (`transformers serve`, continuous batching), and through `gradio_client` against app.py. Each
 request completes or is refused; a refusal keeps its message, and a 5xx or a traceback counts as a failure. Reported
@@ -229,7 +229,7 @@ def bench_app(args, log_dir: Path) -> dict:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, type=Path, help="a trained model folder")
-    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16], help="concurrent clients per round")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8, 16], help="concurrent clients per round")
     parser.add_argument("--requests", type=int, default=2, help="requests each client sends, one after another")
     parser.add_argument("--max-tokens", type=int, default=48, help="new tokens per story")
     parser.add_argument("--targets", nargs="+", choices=["server", "app"], default=["server", "app"])
