@@ -238,6 +238,8 @@ def main(argv=None):
     parser.add_argument("--note", default="", help="a note for the results file (e.g. how busy the machine was)")
     parser.add_argument("--work-dir", type=Path, default=ROOT / "bench" / "work" / "serve",
                         help="logs and the server's Llama export")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="the results file (default bench/results/serve_<cpu>_<date>.json)")
     args = parser.parse_args(argv)
     args.work_dir.mkdir(parents=True, exist_ok=True)
     from machine import model_shape, write_results
@@ -253,7 +255,7 @@ def main(argv=None):
         results["app"] = bench_app(args, args.work_dir)
     print(json.dumps(results, indent=2))
     config = AutoConfig.from_pretrained(args.model)
-    print(f"wrote {write_results('serve', results, shape=model_shape(config))}")
+    print(f"wrote {write_results('serve', results, shape=model_shape(config), out=args.out)}")
 
 
 if __name__ == "__main__":
