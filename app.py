@@ -13,8 +13,8 @@ Many readers at once share the model: every story being written joins one runnin
 (transformers' continuous batching, `model.init_continuous_batching()`), so a new reader's story starts at the next
 step instead of after the stories before it. Past MAX_STORIES stories at once, requests wait in the page's queue
 (their position shown); past QUEUE_SIZE waiting, a new one is refused ("Queue is full"). A sampled story depends on
-the random numbers the whole batch draws: the same prompt and settings give another story each time. With top-k 1 a
-story is greedy, the same text as the model's own `generate()` from the same prompt.
+the random numbers the whole batch draws, so its prompt and settings alone do not reproduce it. With top-k 1 a story
+is greedy, the same text as the model's own `generate()` from the same prompt.
 """
 
 from __future__ import annotations
@@ -223,6 +223,8 @@ class StoryTeller:
                 except asyncio.TimeoutError:
                     yield f"Sorry, the story stopped: no new word for {STORY_TIMEOUT_S} s. Please try again."
                     return
+                while not outputs.empty():  # each output holds the whole story so far: a page that falls behind
+                    output = outputs.get_nowait()  # gets the newest, not every step's
                 finished = output.is_finished()
                 if output.error is not None:
                     yield f"Sorry, the story could not be written: {output.error}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import socket
+import subprocess
 import sys
 import time
 import urllib.error
@@ -18,7 +19,8 @@ import urllib.request
 
 import pytest
 
-from share_fixtures import REPO, offline_env, trained_run
+from other_runtimes import transformers4_python
+from share_fixtures import BLOCK_SLM_HF, REPO, offline_env, trained_run
 
 pytest.importorskip("openai")
 pytest.importorskip("fastapi")
@@ -205,3 +207,28 @@ def test_the_server_holds_a_cache_of_its_own_size_not_of_the_machine(server):
     for a model of a few MB); serve() sizes it to 32 of the model's contexts. The bound is far above that (the
     server's Python, torch, fastapi and the model: a few hundred MiB) and far below the unbounded cache."""
     assert _bench_serve().resident_mib(server[2]) < 3 * 1024
+
+
+LOAD_TOKENIZER = BLOCK_SLM_HF + """
+import json, transformers
+from transformers import AutoTokenizer
+# transformers 5 reads the model's config.json before tokenizer_config.json: its auto_map (the model's code) makes it
+# ask whether to run that code, unless told not to. transformers 4 reads tokenizer_config.json's tokenizer_class first.
+no_code = {"trust_remote_code": False} if int(transformers.__version__.split(".")[0]) >= 5 else {}
+tokenizer = AutoTokenizer.from_pretrained(sys.argv[1], **no_code)
+print(type(tokenizer).__name__, json.dumps(tokenizer("Once upon a time")["input_ids"]))
+"""
+
+
+@pytest.mark.parametrize("runtime", ["transformers 5", "transformers 4"])
+def test_the_model_folders_tokenizer_loads_without_slm_hf_and_without_a_question(final, slm, runtime):
+    """The model folder's tokenizer where slm_hf is not importable, without running the folder's code, stdin closed
+    (a question fails the test instead of hanging it): a plain fast tokenizer reading a prompt as the model's own."""
+    python = sys.executable if runtime == "transformers 5" else transformers4_python()
+    done = subprocess.run([str(python), "-c", LOAD_TOKENIZER, str(final)], stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, env=offline_env(), cwd=final.parent, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Do you wish to run the custom code" not in done.stdout + done.stderr
+    name, ids = done.stdout.strip().splitlines()[-1].split(" ", 1)
+    assert name in ("PreTrainedTokenizerFast", "TokenizersBackend")  # one class in transformers 5, two names
+    assert json.loads(ids) == slm[1]("Once upon a time")["input_ids"]
