@@ -9,16 +9,22 @@ installed, the model's own code (configuration_slm.py, modeling_slm.py, uploaded
 trust_remote_code=True, from the pinned revision so the code that runs is the code that was reviewed. With slm_hf
 installed (locally), `import slm_hf` provides the classes and no remote code runs.
 
-Requests are queued: one story is generated at a time, the others wait their turn with their queue position shown.
+Many readers at once share the model: every story being written joins one running batch, token by token
+(transformers' continuous batching, `model.init_continuous_batching()`), so a new reader's story starts at the next
+step instead of after the stories before it. Past MAX_STORIES stories at once, requests wait in the page's queue
+(their position shown); past QUEUE_SIZE waiting, a new one is refused ("Queue is full"). A sampled story depends on
+the random numbers the whole batch draws, so its prompt and settings alone do not reproduce it. With top-k 1 a story
+is greedy, the same text as the model's own `generate()` from the same prompt.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
+import uuid
 from pathlib import Path
-from threading import Thread
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry calls from a demo
 
@@ -63,7 +69,12 @@ if __name__ == "__main__":
 
 import gradio as gr  # noqa: E402
 import torch  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer, TextIteratorStreamer  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    ContinuousBatchingConfig,
+    GenerationConfig,
+)
 from transformers.utils import logging as transformers_logging  # noqa: E402
 
 try:  # registers the SLM classes with transformers' Auto classes: then no remote code is needed
@@ -80,7 +91,13 @@ EXAMPLES = [
     "Ben had a new toy car.",
 ]
 MAX_PROMPT_CHARS = 2000
-QUEUE_SIZE = 64
+MAX_STORIES = 32  # stories written at once, in one batch; more wait in the page's queue
+QUEUE_SIZE = 64  # requests waiting in the page's queue; more are refused
+STORY_TIMEOUT_S = 120  # a story whose next token takes longer than this ends with a message
+# Continuous batching keeps its KV cache in pages of this many tokens (ContinuousBatchingConfig's default); the cache
+# holds MAX_STORIES whole contexts. Left to itself it would take 90% of the free memory, whatever the model.
+CACHE_PAGE_TOKENS = 256
+BATCH_TOKENS = 2048  # tokens one forward pass may take: prompts being read plus one token per story being written
 # Sampling controls: (minimum, maximum, default).
 LENGTH = (16, 512, 200)
 TEMPERATURE = (0.1, 1.5, 0.8)
@@ -102,12 +119,46 @@ def check_settings(max_new_tokens, temperature, top_k) -> str | None:
 
 
 class StoryTeller:
-    """A model and its tokenizer, and the streaming story function the page calls."""
+    """A model and its tokenizer, the continuous-batching manager that writes every story, and the streaming story
+    function the page calls. `close()` stops the manager's thread (or use the teller as a context manager)."""
 
-    def __init__(self, model, tokenizer):
+    def __init__(self, model, tokenizer, max_stories: int = MAX_STORIES):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.context = model.config.max_position_embeddings
+        self.max_stories = max_stories
+        self.stories = self._start_batching()
+
+    def _start_batching(self):
+        """Start the manager, and check with one short story that this model can be batched: a model folder saved
+        before SLM models took continuous batching's paged cache fails here, with one line, not in a reader's page."""
+        sampling = GenerationConfig(do_sample=True, temperature=TEMPERATURE[2], top_k=TOP_K[2], top_p=1.0,
+                                    eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id)
+        batching = ContinuousBatchingConfig(
+            num_blocks=self.max_stories * -(-self.context // CACHE_PAGE_TOKENS), page_size=CACHE_PAGE_TOKENS,
+            max_batch_tokens=BATCH_TOKENS, per_request_processors=True,  # each story its temperature and top-k
+        )
+        manager = self.model.init_continuous_batching(generation_config=sampling, continuous_batching_config=batching)
+        manager.start()
+        request_id = manager.add_request([self.tokenizer.eos_token_id], max_new_tokens=1)
+        output = manager.get_result(request_id, timeout=STORY_TIMEOUT_S)
+        if output is None or output.error is not None:
+            manager.stop(block=True, timeout=30)
+            problem = output.error if output is not None else "no answer"
+            raise ValueError(f"the model cannot write stories in a batch ({problem}); a model saved by an older "
+                             "slm_hf: save it again with this one")
+        return manager
+
+    def close(self) -> None:
+        """Stop writing stories (the manager's thread); stories being written end."""
+        if self.stories.is_running():
+            self.stories.stop(block=True, timeout=30)
+
+    def __enter__(self) -> StoryTeller:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     @classmethod
     def load(cls, name_or_path: str, revision: str | None = None, int8: bool = False) -> StoryTeller:
@@ -146,47 +197,50 @@ class StoryTeller:
                           f"{self.context - 1} tokens and needs room to write: please shorten it.")
         return ids, None
 
-    def tell(self, prompt: str, max_new_tokens: int, temperature: float, top_k: int):
-        """Yield the story so far (prompt + generated text) as tokens arrive."""
+    async def tell(self, prompt: str, max_new_tokens: int, temperature: float, top_k: int):
+        """Yield the story so far (prompt + generated text) as tokens arrive; the story joins the running batch."""
         ids, problem = self.check_prompt(prompt)
         problem = problem or check_settings(max_new_tokens, temperature, top_k)
         if problem:
             yield problem
             return
-        input_ids = torch.tensor([ids], device=self.model.device)
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=120)
-        kwargs = dict(
-            input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            streamer=streamer,
+        outputs = asyncio.Queue()
+        request_id = uuid.uuid4().hex
+        self.stories.register_result_handler(request_id, outputs.put_nowait)  # called in this event loop
+        accepted = self.stories.add_request(
+            ids, request_id=request_id, streaming=True,
             max_new_tokens=max(1, min(int(max_new_tokens), self.context - len(ids))),
-            do_sample=True,
-            temperature=float(temperature),
-            top_k=int(top_k),
-            top_p=1.0,
-            eos_token_id=self.tokenizer.eos_token_id,
-            pad_token_id=self.tokenizer.pad_token_id,
+            temperature=float(temperature), top_k=int(top_k) or self.model.config.vocab_size,  # 0: no limit
         )
-        worker = Thread(target=self._generate, kwargs=kwargs, daemon=True)
-        worker.start()
-        story = prompt
-        for piece in streamer:
-            story += piece
-            yield story
-        worker.join()
-
-    @torch.inference_mode()
-    def _generate(self, **kwargs):
+        if accepted is None:
+            yield "Sorry, the story teller has stopped: please try again later."
+            return
+        finished = False
         try:
-            self.model.generate(**kwargs)
-        except Exception:  # unblock the page's loop, which waits on the streamer, then report
-            kwargs["streamer"].end()
-            raise
+            while not finished:
+                try:
+                    output = await asyncio.wait_for(outputs.get(), STORY_TIMEOUT_S)
+                except asyncio.TimeoutError:
+                    yield f"Sorry, the story stopped: no new word for {STORY_TIMEOUT_S} s. Please try again."
+                    return
+                while not outputs.empty():  # each output holds the whole story so far: a page that falls behind
+                    output = outputs.get_nowait()  # gets the newest, not every step's
+                finished = output.is_finished()
+                if output.error is not None:
+                    yield f"Sorry, the story could not be written: {output.error}"
+                    return
+                text = self.tokenizer.decode(output.generated_tokens, skip_special_tokens=True)
+                if finished or (text and not text.endswith("\ufffd")):  # not half a character
+                    yield prompt + text
+        finally:
+            if not finished:  # the reader left (the page cancels the generator), or the story timed out
+                self.stories.cancel_request(request_id)
 
 
 def build_demo(teller: StoryTeller, title: str = "Tiny story teller", queue_size: int = QUEUE_SIZE) -> gr.Blocks:
     """The page: a prompt box, length / temperature / top-k sliders, a button, the streaming story, examples.
-    Past `queue_size` waiting requests, a new one is refused with Gradio's "Queue is full" message."""
+    `teller.max_stories` stories are written at once; past that, requests wait in the queue, and past `queue_size`
+    waiting requests a new one is refused with Gradio's "Queue is full" message."""
     with gr.Blocks(title=title) as demo:
         gr.Markdown(
             f"# {title}\n"
@@ -208,9 +262,11 @@ def build_demo(teller: StoryTeller, title: str = "Tiny story teller", queue_size
                 story = gr.Textbox(label="Story", lines=14, interactive=False, elem_id="story")
         gr.Examples(EXAMPLES, inputs=prompt, label="Try one of these")
         inputs = [prompt, length, temperature, top_k]
-        button.click(teller.tell, inputs=inputs, outputs=story, concurrency_limit=1)
-        prompt.submit(teller.tell, inputs=inputs, outputs=story, concurrency_limit=1)
-    return demo.queue(max_size=queue_size, default_concurrency_limit=1)
+        # One concurrency group for both triggers: at most max_stories stories at once, from the button or Enter.
+        writing = dict(concurrency_limit=teller.max_stories, concurrency_id="story")
+        button.click(teller.tell, inputs=inputs, outputs=story, **writing)
+        prompt.submit(teller.tell, inputs=inputs, outputs=story, **writing)
+    return demo.queue(max_size=queue_size)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -226,7 +282,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"loaded {args.model}@{args.revision or 'latest'} with {code}, {weights} weights", file=sys.stderr,
           flush=True)
     theme = gr.themes.Soft(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
-    build_demo(teller).launch(server_name=args.host, server_port=args.port, theme=theme, show_error=True)
+    with teller:  # launch() returns on Ctrl-C; then the batching thread stops too
+        build_demo(teller).launch(server_name=args.host, server_port=args.port, theme=theme, show_error=True)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Many users at once: concurrent streamed stories from the OpenAI-compatible server and from the Gradio app.
 
-For each number of concurrent clients (--clients, default 1 4 16), every client sends --requests stories one after
+For each number of concurrent clients (--clients, default 1 4 8 16), every client sends --requests stories one after
 the other (a fixed prompt, --max-tokens new tokens, greedy), streamed: through the `openai` client against
 scripts/serve.py (`transformers serve`, continuous batching), and through `gradio_client` against app.py. Each
 request completes or is refused; a refusal keeps its message, and a 5xx or a traceback counts as a failure. Reported
@@ -229,7 +229,7 @@ def bench_app(args, log_dir: Path) -> dict:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, type=Path, help="a trained model folder")
-    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16], help="concurrent clients per round")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8, 16], help="concurrent clients per round")
     parser.add_argument("--requests", type=int, default=2, help="requests each client sends, one after another")
     parser.add_argument("--max-tokens", type=int, default=48, help="new tokens per story")
     parser.add_argument("--targets", nargs="+", choices=["server", "app"], default=["server", "app"])
@@ -238,6 +238,8 @@ def main(argv=None):
     parser.add_argument("--note", default="", help="a note for the results file (e.g. how busy the machine was)")
     parser.add_argument("--work-dir", type=Path, default=ROOT / "bench" / "work" / "serve",
                         help="logs and the server's Llama export")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="the results file (default bench/results/serve_<cpu>_<date>.json)")
     args = parser.parse_args(argv)
     args.work_dir.mkdir(parents=True, exist_ok=True)
     from machine import model_shape, write_results
@@ -253,7 +255,7 @@ def main(argv=None):
         results["app"] = bench_app(args, args.work_dir)
     print(json.dumps(results, indent=2))
     config = AutoConfig.from_pretrained(args.model)
-    print(f"wrote {write_results('serve', results, shape=model_shape(config))}")
+    print(f"wrote {write_results('serve', results, shape=model_shape(config), out=args.out)}")
 
 
 if __name__ == "__main__":

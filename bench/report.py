@@ -105,6 +105,7 @@ LABELS = {
     "vs_llama_same_precision": "vs Llama, same precision", "vs_generate_fp32": "vs generate() fp32",
     "val_bits_per_byte": "val bits/byte", "wall_s": "wall s", "cpu_s": "CPU s", "mb_s": "MB/s",
     "max_logit_difference": "largest logit difference", "top1_agreement": "top token agrees",
+    "vs_one_client": "vs one client",
 }
 
 
@@ -248,6 +249,28 @@ def copy_fidelity_body(results: dict) -> str:
     return "\n\n".join(part for part in [table(copies, "copy"), table(losses, "learning rate")] if part)
 
 
+def serve_body(results: dict) -> str:
+    """Many users at once: per target (the OpenAI-compatible server, the Gradio app) and number of concurrent clients,
+    what completed, time to first token and to the end, aggregate tokens/s and its ratio to one client's."""
+    rows = []
+    for target in ("server", "app"):
+        for run in results.get(target, {}).get("rounds", []):
+            rows.append({"target": target, "clients": run["clients"], "requests": run["requests"],
+                         "completed": run["completed"], "refused": len(run["refused"]), "failed": len(run["failed"]),
+                         "first token p50 s": run["ttft_p50_s"], "first token p95 s": run["ttft_p95_s"],
+                         "end p50 s": run["end_p50_s"], "end p95 s": run["end_p95_s"],
+                         "tokens_per_s": run["tokens_per_s"], "vs_one_client": run["speedup_vs_one_client"]})
+    memory = results.get("server", {}).get("memory")
+    lines = [f"{number(results.get('max_tokens', '?'))} new tokens per story, "
+             f"{number(results.get('requests_per_client', '?'))} stories per client, one after the other."]
+    if memory:
+        lines.append(f"Server memory: {number(memory['rss_mib_after_100'])} MiB after 100 requests, "
+                     f"{number(memory['rss_mib_after_1000'])} MiB after 1,000 ({memory['growth']:+.1%}).")
+    if results.get("note"):
+        lines.append(f"Note: {results['note']}")
+    return "\n\n".join([" ".join(lines), table(rows)])
+
+
 @dataclass
 class Section:
     """How one benchmark is shown: a title, what it measures (prose without figures) and a renderer of its results."""
@@ -292,6 +315,11 @@ SECTIONS = {
         "tiny test model after 50 steps at the test's learning rate and at a tenth and a hundredth of it, beside a "
         "uniform guess (tests/test_training.py's \"has not learned\" check).",
         copy_fidelity_body),
+    "serve": Section(
+        "Many users at once", "Concurrent clients, each sending streamed stories from one prompt, one after the other "
+        "(bench/bench_serve.py, localhost): against scripts/serve.py (`transformers serve` with continuous batching, "
+        "through the `openai` client) and against app.py (the Gradio page's continuous batching, through "
+        "`gradio_client`); a refusal is counted with its message, a 5xx or a traceback as a failure.", serve_body),
     "bench_suite": Section(
         "`make bench`: what each piece cost", "The wall time of each piece of the last `make bench` (bench/suite.py) "
         "on this CPU, and its exit status (0: the piece wrote its results)."),

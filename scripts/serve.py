@@ -7,7 +7,8 @@
 
 The model is exported to a Llama folder once (into --cache, reused while the model folder is unchanged), and
 `transformers serve` runs it with continuous batching: concurrent requests share the model's forward passes.
-The API's model name is the export's folder path, printed at start. Needs the `serve` extra
+The API's model name is the export's folder path, printed at start. Past --max-stories stories being written and
+--max-queue requests waiting, a new request is refused at once (status 429, one line). Needs the `serve` extra
 (pip install 'slm-hf[serve]': fastapi, uvicorn, pydantic, openai).
 """
 
@@ -27,9 +28,14 @@ def parse_args(argv=None):
                         help="serve one request at a time (the default batches concurrent requests)")
     parser.add_argument("--max-stories", type=int, default=32,
                         help="stories written at once; sizes the server's KV cache (default 32 whole contexts)")
+    parser.add_argument("--max-queue", type=int, default=64,
+                        help="requests waiting for room past --max-stories; more are refused at once with status 429 "
+                             "(default 64)")
     args = parser.parse_args(argv)
     if args.max_stories < 1:
         parser.error(f"argument --max-stories: must be at least 1, got {args.max_stories}")
+    if args.max_queue < 0:
+        parser.error(f"argument --max-queue: must be at least 0, got {args.max_queue}")
     if not 0 < args.port < 65536:
         parser.error(f"argument --port: {args.port} is not a port number (1-65535)")
     return args
@@ -45,7 +51,7 @@ def main(argv=None):
     print(f"serving {args.model} at http://{args.host}:{args.port}/v1 as model {str(folder)!r}", file=sys.stderr,
           flush=True)
     serve(folder, host=args.host, port=args.port, continuous_batching=not args.no_continuous_batching,
-          max_stories=args.max_stories)
+          max_stories=args.max_stories, max_queue=args.max_queue)
 
 
 if __name__ == "__main__":

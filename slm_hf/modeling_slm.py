@@ -178,8 +178,10 @@ class SLMAttention(nn.Module):
             # attention is left in 16 bits: its plain matrix products over whole sequences are fast in bf16.
             query, key, value = query.float(), key.float(), value.float()
 
-        if cache is not None:
+        if isinstance(cache, Cache):
             key, value = cache.update(key, value, self.layer_idx)
+        elif cache is not None:  # continuous batching's paged cache: it reads (and fills in) the batch's layout
+            key, value = cache.update(key, value, self.layer_idx, kwargs=kwargs)
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
@@ -360,7 +362,14 @@ REMOTE_CODE_AUTO_MAP = {
 }
 
 
-def check_forward_kwargs(kwargs: dict) -> None:
+# What continuous batching (`generate_batch`, `init_continuous_batching`) passes with its paged cache (not a `Cache`):
+# where each request's tokens lie in the batch and in the cache, read by that cache's `update` and by attention.
+PAGED_ATTENTION_KWARGS = frozenset({"cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "read_index",
+                                    "write_index", "block_table", "is_causal", "logits_indices",
+                                    "logits_processor_args"})
+
+
+def check_forward_kwargs(kwargs: dict, paged: bool = False) -> None:
     """Refuse a keyword `forward` does not use and that would change the result, rather than silently ignore it.
 
     Accepted and ignored: what transformers' callers pass without changing anything here (`return_dict`, output
@@ -368,7 +377,7 @@ def check_forward_kwargs(kwargs: dict) -> None:
     here: the `deprecate_kwarg` decorator renames it to `cache`, as for transformers' own models.
     """
     for key, value in kwargs.items():
-        if key == "return_dict":
+        if key == "return_dict" or (paged and key in PAGED_ATTENTION_KWARGS):
             continue
         if key in ("output_attentions", "output_hidden_states") and not value:
             continue
@@ -476,7 +485,8 @@ class SLMModel(SLMPreTrainedModel):
         use_cache: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
-        check_forward_kwargs(kwargs)
+        paged = cache is not None and not isinstance(cache, Cache)  # continuous batching's PagedAttentionCache
+        check_forward_kwargs(kwargs, paged=paged)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds")
         use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
@@ -485,7 +495,7 @@ class SLMModel(SLMPreTrainedModel):
         seq_length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
         # The number of keys attention sees, a Python int also for a static cache (then: its size), so that checks on
         # it need no host-device sync and compile.
-        key_length = cache.get_mask_sizes(seq_length, 0)[0] if cache is not None else seq_length
+        key_length = cache.get_mask_sizes(seq_length, 0)[0] if cache is not None and not paged else seq_length
         learned_positions = self.config.position_embedding_type == "learned"
         if learned_positions and key_length > self.config.max_position_embeddings:
             raise ValueError(

@@ -8,8 +8,10 @@ openai) answers `/v1/completions` and `/v1/chat/completions` and batches concurr
 batching. It builds the model with `getattr(transformers, config.architectures[0])`, so it cannot run the
 remote-code `SLMForCausalLM`; our architecture is a Llama (slm_hf.exporting.to_llama), so it serves the Llama export,
 whose tokenizer puts `<|endoftext|>` before every prompt, as `slm_hf.generation` does: the same prompt string gives
-the same greedy story through the server as through `generate()`. One addition: requests are kept inside the
-model's context (`context_bound_completions`).
+the same greedy story through the server as through `generate()`. Three additions: requests are kept inside the
+model's context (`context_bound_completions`); past `max_stories + max_queue` requests in progress, a new one is
+refused at once (429, one line) rather than queued without bound; a body that is not UTF-8 is refused naming the
+byte (400), rather than as "error parsing the body" (`RequestGate`).
 
 The export goes into a cache folder named by a fingerprint of what it is made from (the model folder's config,
 weights and tokenizer files, and the exporter's code): a second start reuses it, a retrained model or a changed
@@ -19,6 +21,7 @@ exporter makes a new one.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -88,30 +91,108 @@ _BATCH_TOKENS = 2048
 
 
 def serve(folder: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 8000,
-          continuous_batching: bool = True, max_stories: int = 32) -> None:
+          continuous_batching: bool = True, max_stories: int = 32, max_queue: int = 64) -> None:
     """Run `transformers serve` on the Llama folder `folder` in this process until it is stopped (Ctrl-C, SIGTERM).
 
-    The API's model name is `str(folder)`. One thing is added to the server: `/v1/completions` keeps every request
-    inside the model's context (`context_bound_completions`). With continuous batching, the KV cache holds
-    `max_stories` whole contexts: left to itself, the server sizes it to 90% of the free memory (on a CPU, the
-    machine's RAM), whatever the model; requests past that many wait for room.
+    The API's model name is `str(folder)`. `/v1/completions` keeps every request inside the model's context
+    (`context_bound_completions`). With continuous batching, the KV cache holds `max_stories` whole contexts: left to
+    itself, the server sizes it to 90% of the free memory (on a CPU, the machine's RAM), whatever the model; requests
+    past that many wait for room, up to `max_queue` of them; past that, a new request is refused (`RequestGate`).
     """
     from transformers import AutoConfig
     from transformers.cli import serve as serve_cli
-    from transformers.cli.serving import completion
+    from transformers.cli.serving import completion, server
 
     check_serve_dependencies()
     if max_stories < 1:
         raise SLMError(f"max_stories must be at least 1, got {max_stories}")
+    if max_queue < 0:
+        raise SLMError(f"max_queue must be at least 0, got {max_queue}")
     context = AutoConfig.from_pretrained(folder).max_position_embeddings
     cache_pages = max_stories * -(-context // _CACHE_PAGE_TOKENS)
-    handler = completion.CompletionHandler
-    completion.CompletionHandler = context_bound_completions(folder, context)  # Serve.run builds its handler from here
+    # Serve.run builds its completion handler and its app from these two module attributes: ours for the run.
+    handler, build_server = completion.CompletionHandler, server.build_server
+    completion.CompletionHandler = context_bound_completions(folder, context)
+
+    def build_gated_server(*args, **kwargs):
+        app = build_server(*args, **kwargs)
+        app.add_middleware(RequestGate, limit=max_stories + max_queue)  # outermost: before the server's own
+        return app
+
+    server.build_server = build_gated_server
     try:
         serve_cli.Serve(force_model=str(folder), continuous_batching=continuous_batching, host=host, port=port,
                         log_level="warning", cb_num_blocks=cache_pages, cb_max_batch_tokens=_BATCH_TOKENS)
     finally:
-        completion.CompletionHandler = handler
+        completion.CompletionHandler, server.build_server = handler, build_server
+
+
+class RequestGate:
+    """ASGI middleware in front of `transformers serve` for two answers it lacks, each one line, `{"detail": ...}` as
+    its own refusals:
+
+    - a full server: past `limit` requests in progress (POST: being written or waiting for room in the batch), a new
+      one is refused at once with 429 (the status OpenAI's API gives an overloaded engine), and the others go on;
+      `transformers serve` itself queues without bound (its CLI sets no `ContinuousBatchingConfig.max_queue_size`,
+      and that queue blocks the caller when full);
+    - a body that is not UTF-8: 400 naming the first bad byte, rather than the server's "error parsing the body".
+    """
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit, self.in_progress = app, limit, 0
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        if self.in_progress >= self.limit:
+            return await _answer(send, 429, f"the server is full ({self.in_progress} requests in progress, its "
+                                            "limit): try again in a moment")
+        self.in_progress += 1  # one event loop: no lock needed
+        try:
+            body = await _read_body(receive)
+            if body is None:  # the client went away before sending it all
+                return None
+            try:
+                body.decode("utf-8")
+            except UnicodeDecodeError as error:
+                return await _answer(send, 400, f"the request body is not UTF-8 text (byte 0x{body[error.start]:02x} "
+                                                f"at offset {error.start}): send JSON encoded as UTF-8")
+            return await self.app(scope, _replay(body, receive), send)
+        finally:
+            self.in_progress -= 1
+
+
+async def _read_body(receive) -> bytes | None:
+    """The whole body of an ASGI HTTP request, or None when the client disconnects first."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive):
+    """An ASGI `receive` that gives the app `body` (already read) and then what the client sends next."""
+    sent = False
+
+    async def replayed():
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replayed
+
+
+async def _answer(send, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def context_bound_completions(folder: str | os.PathLike, context: int):

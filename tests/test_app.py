@@ -1,12 +1,13 @@
 """The Gradio demo (app.py): the story function itself, then the real page in a headless Chromium (Playwright
 driving Debian's chromium): type a prompt, press the button, watch the story stream in; an over-long prompt gets
-a polite message; two users at once are both served (queued).
+a polite message; two users at once are both served at the same time (one batch).
 
 The browser tests need `chromium` (apt-get install chromium) and the `playwright` package (no browser download:
 it drives the system chromium). Without them they are skipped, unless SLM_REQUIRE_BROWSER=1 (CI), which turns
 the skip into a failure.
 """
 
+import asyncio
 import importlib.util
 import os
 import shutil
@@ -33,10 +34,8 @@ CHROMIUM_FLAGS = [
 ]
 PROMPT = "Once upon a time"
 # Reports every distinct value the story box shows, once per animation frame, to the test (window.__story, a Python
-# function exposed to the page: the values of all pages arrive in one list, in the order they were shown), and every
-# queue position the page shows ("queue: 1/2") in window.__queue.
+# function exposed to the page: the values of all pages arrive in one list, in the order they were shown).
 RECORD_STORY_BOX = """() => {
-    window.__queue = [];
     let last = null;
     const tick = () => {
         const box = document.querySelector('#story textarea');
@@ -44,8 +43,6 @@ RECORD_STORY_BOX = """() => {
             last = box.value;
             window.__story(box.value);
         }
-        const queued = document.body.innerText.match(/queue: *(\\d+) *\\/ *(\\d+)/);
-        if (queued && !window.__queue.includes(queued[0])) window.__queue.push(queued[0]);
         requestAnimationFrame(tick);
     };
     tick();
@@ -73,21 +70,49 @@ def final(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def teller(final):
-    return _load_app_module().StoryTeller.load(str(final))
+    with _load_app_module().StoryTeller.load(str(final)) as teller:
+        yield teller
+
+
+def told(teller, *requests) -> list[list[str]]:
+    """Each request's (prompt, max_new_tokens, temperature, top_k) story steps, the requests sent at once."""
+    async def steps(request):
+        return [step async for step in teller.tell(*request)]
+
+    async def all_at_once():
+        return await asyncio.gather(*map(steps, requests))
+
+    return asyncio.run(all_at_once())
 
 
 # ----------------------------------------------------------------------------------------- the story function
 def test_the_story_grows_token_by_token(teller):
-    steps = list(teller.tell(PROMPT, max_new_tokens=40, temperature=0.8, top_k=50))
+    (steps,) = told(teller, (PROMPT, 40, 0.8, 50))
     assert len(steps) > 3
     assert all(later.startswith(earlier) for earlier, later in zip(steps, steps[1:]))
     assert steps[0].startswith(PROMPT) and len(steps[-1]) > len(PROMPT)
 
 
+def test_stories_told_at_once_are_each_the_greedy_story_of_generate(teller, final):
+    """Three stories written in one batch (continuous batching), each greedy (top-k 1): each is the model's own
+    `generate()` story from the same prompt string."""
+    from slm_hf.generation import GenerationSettings, generate_ids, load_pretrained
+
+    model, tokenizer = load_pretrained(final, device="cpu")
+    prompts = [PROMPT, "Lily and her mom went to the park.", ""]
+    stories = told(teller, *[(prompt, 24, 0.8, 1) for prompt in prompts])
+    for prompt, steps in zip(prompts, stories):
+        (ids,) = generate_ids(model, tokenizer, prompt, GenerationSettings(max_new_tokens=24, temperature=0))
+        assert steps[-1] == prompt + tokenizer.decode(ids, skip_special_tokens=True)
+        assert len(steps) > 3  # streamed
+
+
 def test_the_int8_story_teller_tells_stories(final, teller):
     from slm_hf.modeling_slm import SLMInt8Linear
 
-    int8 = _load_app_module().StoryTeller.load(str(final), int8=True)
+    with _load_app_module().StoryTeller.load(str(final), int8=True) as int8:
+        (steps,) = told(int8, (PROMPT, 10, 0.8, 50))
+    assert steps[0].startswith(PROMPT) and len(steps[-1]) > len(PROMPT)
     layers = [module for module in int8.model.modules() if isinstance(module, (torch.nn.Linear, SLMInt8Linear))]
     assert layers and all(isinstance(layer, SLMInt8Linear) for layer in layers)  # every linear layer converted
     assert not any(isinstance(module, SLMInt8Linear) for module in teller.model.modules())  # the default: fp32
@@ -96,8 +121,6 @@ def test_the_int8_story_teller_tells_stories(final, teller):
         logits, int8_logits = teller.model(ids).logits, int8.model(ids).logits
     assert not torch.equal(logits, int8_logits)  # int8 products: close to the fp32 ones, not equal
     assert torch.allclose(logits, int8_logits, atol=0.5)
-    steps = list(int8.tell(PROMPT, max_new_tokens=10, temperature=0.8, top_k=50))
-    assert steps[0].startswith(PROMPT) and len(steps[-1]) > len(PROMPT)
 
 
 def test_the_page_reads_a_prompt_as_generate_and_the_server_do(teller, final, tmp_path):
@@ -115,10 +138,10 @@ def test_the_page_reads_a_prompt_as_generate_and_the_server_do(teller, final, tm
 
 
 def test_an_over_long_prompt_gets_a_polite_message(teller):
-    (message,) = teller.tell("Lily had a ball. " * 60, max_new_tokens=40, temperature=0.8, top_k=50)
+    (message,), (too_many_characters,) = told(teller, ("Lily had a ball. " * 60, 40, 0.8, 50),
+                                              ("x" * 5000, 40, 0.8, 50))
     assert "please shorten it" in message and str(teller.context - 1) in message
-    (message,) = teller.tell("x" * 5000, max_new_tokens=40, temperature=0.8, top_k=50)
-    assert "please shorten it" in message
+    assert "please shorten it" in too_many_characters
 
 
 @pytest.mark.parametrize("prompt, settings, message", [
@@ -129,21 +152,22 @@ def test_an_over_long_prompt_gets_a_polite_message(teller):
     (PROMPT, ("many", 0.8, 50), "Length must be"),
 ])
 def test_a_bad_request_to_the_story_function_gets_one_message(teller, prompt, settings, message):
-    (answer,) = teller.tell(prompt, *settings)
+    ((answer,),) = told(teller, (prompt, *settings))
     assert message in answer
 
 
 def test_an_empty_prompt_and_a_length_past_the_context_still_tell_a_story(teller):
-    steps = list(teller.tell("", max_new_tokens=40, temperature=0.8, top_k=50))
+    steps, long = told(teller, ("", 40, 0.8, 50), (PROMPT, 10**6, 0.8, 50))
     assert steps and steps[-1]  # a story from nothing, after the start token
-    story = list(teller.tell(PROMPT, max_new_tokens=10**6, temperature=0.8, top_k=50))[-1]
+    story = long[-1]
     new_tokens = len(teller.tokenizer.encode(story[len(PROMPT):], add_special_tokens=False))
     assert 0 < new_tokens <= teller.context  # stopped at the end of the context (or the story's end)
 
 
 def test_a_full_queue_refuses_a_request_with_a_clear_message_and_serves_the_others(teller):
-    """One story at a time and one waiting (queue_size=1): a third request is refused ("Queue is full"), the two
-    others are told. The first story waits on a gate the test opens, so the queue is full for as long as needed."""
+    """One story at a time (max_stories=1) and one waiting (queue_size=1): a third request is refused ("Queue is
+    full"), the two others are told. The first story waits on a gate the test opens, so the queue is full for as
+    long as needed."""
     import threading
 
     from gradio_client import Client
@@ -152,9 +176,12 @@ def test_a_full_queue_refuses_a_request_with_a_clear_message_and_serves_the_othe
     gate = threading.Event()
 
     class GatedTeller:
-        def tell(self, *args):
-            gate.wait(120)
-            yield from teller.tell(*args)
+        max_stories = 1
+
+        async def tell(self, *args):
+            await asyncio.to_thread(gate.wait, 120)
+            async for step in teller.tell(*args):
+                yield step
 
     demo = _load_app_module().build_demo(GatedTeller(), queue_size=1)
     demo.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True)
@@ -343,9 +370,9 @@ def test_an_example_prompt_and_an_over_long_prompt_in_the_page(browser, app_url)
     page.close()
 
 
-def test_two_users_at_once_are_queued_and_both_served(browser, app_url):
-    """One story at a time: the second user's request waits in the queue, which the page shows ("queue: 1/..."), and
-    its story starts streaming only after the first one has streamed (in the order the two pages showed them)."""
+def test_two_users_at_once_are_served_side_by_side(browser, app_url):
+    """Both stories are written in one batch: the second user's story starts streaming while the first one is still
+    streaming its first half (one story at a time, it would start only after the first had streamed)."""
     prompts = {"first": "Tom had a dog.", "second": "Mia saw a bird."}
     events = StoryEvents(browser, app_url)
     pages = {name: events.open(name) for name in prompts}
@@ -357,16 +384,11 @@ def test_two_users_at_once_are_queued_and_both_served(browser, app_url):
         _wait_until_done(page)
         story = events.seen(name)[-1]
         assert story.startswith(prompts[name]) and len(story) > len(prompts[name]) + 20
-    # Served one after the other: the second story's first piece came once the first story had streamed most of its
-    # text (two stories served side by side would interleave from the start; the first page's very last frame may
-    # be reported a little after the second page's first).
-    order = [(name, value) for name, value in events.events if value]
+    order = [(name, value) for name, value in events.events if value]  # as the two pages showed them
     first_length = len(events.seen("first")[-1])
-    first_mostly_done = next(index for index, (name, value) in enumerate(order)
-                             if name == "first" and len(value) >= 0.5 * first_length)
+    first_half_done = next(index for index, (name, value) in enumerate(order)
+                           if name == "first" and len(value) >= 0.5 * first_length)
     second_started = next(index for index, (name, _) in enumerate(order) if name == "second")
-    assert second_started > first_mostly_done, f"the two stories streamed at the same time: no queue; {order!r}"
-    queue = pages["second"].evaluate("window.__queue")
-    assert "queue: 1/" in " ".join(queue).replace(" / ", "/"), queue
+    assert second_started < first_half_done, f"the second waited for the first: {[name for name, _ in order]}"
     for page in pages.values():
         page.close()

@@ -153,6 +153,7 @@ CASES = [
     ("serve", ["--model", "{final}", "--cache", "{a_file}"], "is a file, not a folder"),
     ("serve", ["--model", "{final}", "--port", "http"], "--port"),
     ("serve", ["--model", "{final}", "--port", "99999"], "--port"),
+    ("serve", ["--model", "{final}", "--max-queue", "-1"], "--max-queue"),
 ]
 
 

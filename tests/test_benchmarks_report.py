@@ -67,7 +67,7 @@ def test_current_history_and_a_benchmark_without_a_renderer(tmp_path, current_sh
     write(results, "generate_cpu_2026-12-06.json", record("generate", "2026-12-06", {"rows": [
         {"batch": 1, "model": "slm", "tokens_per_s": 999.0}, {"batch": 1, "model": "llama", "tokens_per_s": 111.0}]},
         shape=retired))
-    write(results, "serve_cpu_2026-12-06.json", record("serve", "2026-12-06", {
+    write(results, "widgets_cpu_2026-12-06.json", record("widgets", "2026-12-06", {
         "clients": 4, "rows": [{"concurrency": 4, "requests_per_s": 12.5}]}))
     (results / "old_notes.txt").write_text("hand-written\n")
     out = tmp_path / "BENCHMARKS.md"
@@ -84,7 +84,7 @@ def test_current_history_and_a_benchmark_without_a_renderer(tmp_path, current_sh
     assert "| generate() at batch 1 >= 3x Llama's generate() | not measured | - |" in today
     assert "999" not in today and "old1111" not in today and "new2222" in today
     # the benchmark nobody wrote a renderer for: shown generically, in full
-    assert "## serve (generic rendering), Test CPU" in today
+    assert "## widgets (generic rendering), Test CPU" in today
     assert "- clients: 4" in today and "| concurrency | requests_per_s |" in today and "| 4 | 12.5 |" in today
     # History: the older run and the retired shape, each labelled with its shape and commit; raw files as links
     assert "commit old1111" in history and "7,000" in history

@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import socket
+import subprocess
 import sys
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import pytest
 
-from share_fixtures import REPO, offline_env, trained_run
+from other_runtimes import transformers4_python
+from share_fixtures import BLOCK_SLM_HF, REPO, offline_env, trained_run
 
 pytest.importorskip("openai")
 pytest.importorskip("fastapi")
@@ -23,6 +28,7 @@ pytest.importorskip("uvicorn")
 
 PROMPT = "Once upon a time, there was a little cat named Tom."
 CONTEXT = 128  # the tiny model's (configs/tiny.yaml)
+MAX_STORIES, MAX_QUEUE = 4, 4  # the server's: a full server is quick to make
 
 
 @pytest.fixture(scope="module")
@@ -48,13 +54,14 @@ def _bench_serve():
 
 @pytest.fixture(scope="module")
 def server(final, export, tmp_path_factory):
-    """(base_url, model name, process) of scripts/serve.py on 127.0.0.1, on a free port."""
+    """(base_url, model name, process) of scripts/serve.py on 127.0.0.1, on a free port, taking MAX_STORIES stories
+    at once and MAX_QUEUE waiting."""
     bench_serve = _bench_serve()
     log = tmp_path_factory.mktemp("serve-log") / "serve.log"
     export_time = (export / "model.safetensors").stat().st_mtime_ns
     process, models_url = bench_serve.start(
         lambda port: [sys.executable, str(REPO / "scripts" / "serve.py"), "--model", str(final), "--port", str(port),
-                      "--cache", str(export.parent)],
+                      "--cache", str(export.parent), "--max-stories", str(MAX_STORIES), "--max-queue", str(MAX_QUEUE)],
         lambda port: f"http://127.0.0.1:{port}/v1/models", log)
     try:
         assert f"as model {str(export)!r}" in log.read_text()  # the export made above, reused...
@@ -117,7 +124,7 @@ def _post(base_url: str, body: bytes) -> tuple[int, str]:
     ({"prompt": PROMPT, "max_tokens": 0}, 400, "max_tokens must be at least 1"),
     ({"prompt": "", "max_tokens": 8}, 200, ""),  # a story from nothing: after its start token
     ({"prompt": PROMPT}, 200, ""),  # no max_tokens: up to the end of the context at most, not past it
-    (b'{"prompt": "Once \xff\xfe upon", "max_tokens": 8}', 400, "error parsing the body"),
+    (b'{"prompt": "Once \xff\xfe upon", "max_tokens": 8}', 400, "not UTF-8 text (byte 0xff at offset"),
     ({"prompt": 42, "max_tokens": 8}, 400, "prompt must be a string"),
 ])
 def test_a_bad_request_gets_one_clear_answer_and_the_server_goes_on(server, client, body, status, message):
@@ -133,6 +140,40 @@ def test_a_bad_request_gets_one_clear_answer_and_the_server_goes_on(server, clie
         assert json.loads(text)["usage"]["total_tokens"] <= CONTEXT
     after = client.completions.create(model=model, prompt=PROMPT, max_tokens=4, temperature=0)
     assert after.choices[0].text
+
+
+def test_a_full_server_refuses_a_request_with_one_line_and_goes_on(server, client):
+    """MAX_STORIES + MAX_QUEUE requests held in progress (their bodies not all sent yet): the next one is refused at
+    once, 429 with one line; once they are gone, the server answers again."""
+    base_url, model, _ = server
+    address = urllib.parse.urlsplit(base_url)
+    request = json.dumps({"model": model, "prompt": PROMPT, "max_tokens": 2}).encode()
+    held = []
+    try:
+        for _ in range(MAX_STORIES + MAX_QUEUE):
+            connection = socket.create_connection((address.hostname, address.port), timeout=60)
+            connection.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                               b"Content-Length: %d\r\n\r\n{" % len(request))
+            held.append(connection)
+        code, text = _answer_within(base_url, request, lambda code: code != 200)  # until the server counted them
+        assert code == 429 and "the server is full" in text and "Traceback" not in text, (code, text)
+        assert len(text.splitlines()) == 1
+    finally:
+        for connection in held:
+            connection.close()
+    code, text = _answer_within(base_url, request, lambda code: code == 200)  # until it saw them go
+    assert code == 200, text
+
+
+def _answer_within(base_url: str, body: bytes, wanted, tries: int = 100) -> tuple[int, str]:
+    """The first answer to `body` whose status is `wanted`, or the last of `tries` (bounded, a tenth of a second
+    apart)."""
+    for _ in range(tries):
+        code, text = _post(base_url, body)
+        if wanted(code):
+            break
+        time.sleep(0.1)
+    return code, text
 
 
 def test_the_served_tokenizer_loads_without_a_question_and_starts_with_the_start_token(export, final, monkeypatch):
@@ -166,3 +207,28 @@ def test_the_server_holds_a_cache_of_its_own_size_not_of_the_machine(server):
     for a model of a few MB); serve() sizes it to 32 of the model's contexts. The bound is far above that (the
     server's Python, torch, fastapi and the model: a few hundred MiB) and far below the unbounded cache."""
     assert _bench_serve().resident_mib(server[2]) < 3 * 1024
+
+
+LOAD_TOKENIZER = BLOCK_SLM_HF + """
+import json, transformers
+from transformers import AutoTokenizer
+# transformers 5 reads the model's config.json before tokenizer_config.json: its auto_map (the model's code) makes it
+# ask whether to run that code, unless told not to. transformers 4 reads tokenizer_config.json's tokenizer_class first.
+no_code = {"trust_remote_code": False} if int(transformers.__version__.split(".")[0]) >= 5 else {}
+tokenizer = AutoTokenizer.from_pretrained(sys.argv[1], **no_code)
+print(type(tokenizer).__name__, json.dumps(tokenizer("Once upon a time")["input_ids"]))
+"""
+
+
+@pytest.mark.parametrize("runtime", ["transformers 5", "transformers 4"])
+def test_the_model_folders_tokenizer_loads_without_slm_hf_and_without_a_question(final, slm, runtime):
+    """The model folder's tokenizer where slm_hf is not importable, without running the folder's code, stdin closed
+    (a question fails the test instead of hanging it): a plain fast tokenizer reading a prompt as the model's own."""
+    python = sys.executable if runtime == "transformers 5" else transformers4_python()
+    done = subprocess.run([str(python), "-c", LOAD_TOKENIZER, str(final)], stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, env=offline_env(), cwd=final.parent, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Do you wish to run the custom code" not in done.stdout + done.stderr
+    name, ids = done.stdout.strip().splitlines()[-1].split(" ", 1)
+    assert name in ("PreTrainedTokenizerFast", "TokenizersBackend")  # one class in transformers 5, two names
+    assert json.loads(ids) == slm[1]("Once upon a time")["input_ids"]
