@@ -8,6 +8,9 @@ a Hub-ready folder like any a user gets: weights, code, tokenizer, training_resu
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import sysconfig
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,6 +50,21 @@ def data_folder(tmp_path_factory) -> Path:
     """The data folder `trained_run` trained on."""
     trained_run(tmp_path_factory)
     return _CACHE["data"]
+
+
+def python_without_slm_hf(venv: Path) -> Path:
+    """The interpreter of a new virtual environment in which slm_hf is not installed: it sees this venv's other
+    packages (a `.pth` line naming their folder, whose own `.pth` files, among them slm_hf's editable install, are not
+    run), so building it takes a second and no package index."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    Path(site, "packages-but-slm_hf.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    found = subprocess.run([str(python), "-c", "import importlib.util as u; print(u.find_spec('slm_hf'))"],
+                           capture_output=True, text=True, check=True, cwd=venv).stdout.strip()
+    assert found == "None", f"slm_hf is importable in {venv}: {found}"
+    return python
 
 
 def offline_env(**extra: str) -> dict[str, str]:

@@ -20,7 +20,7 @@ import urllib.request
 import pytest
 import torch
 
-from share_fixtures import BLOCK_SLM_HF, REPO, offline_env, trained_run
+from share_fixtures import REPO, offline_env, python_without_slm_hf, trained_run
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -298,18 +298,14 @@ def _wait_until_done(page, timeout_s: float = 90) -> None:
     page.wait_for_function(STORY_DONE, timeout=timeout_s * 1000)
 
 
-RUN_APP_WITHOUT_SLM_HF = BLOCK_SLM_HF + """
-import runpy
-sys.argv = [sys.argv[1]]
-runpy.run_path(sys.argv[0], run_name="__main__")
-"""
 SPACE_COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
 @pytest.fixture(scope="module")
 def space_url(final, browser, tmp_path_factory):
-    """app.py as a Space runs it: MODEL_ID / MODEL_REVISION naming a Hub repository (here a local Hub cache layout,
-    offline), SLM_INT8=1, and slm_hf not importable (an import blocker), so the model's own remote code loads."""
+    """app.py as a Space runs it: alone in its folder, MODEL_ID / MODEL_REVISION naming a Hub repository (here a local
+    Hub cache layout, offline), SLM_INT8=1, in a virtual environment where slm_hf is not installed, so the model's own
+    remote code loads."""
     home = tmp_path_factory.mktemp("space-home")
     repo = home / "hub" / "models--someone--slm-space"
     (repo / "refs").mkdir(parents=True)
@@ -319,10 +315,14 @@ def space_url(final, browser, tmp_path_factory):
     log = home / "app.log"
     env = offline_env(HF_HOME=str(home), HF_MODULES_CACHE=str(home / "modules"), MODEL_ID="someone/slm-space",
                       MODEL_REVISION=SPACE_COMMIT, SLM_INT8="1", GRADIO_SERVER_PORT=str(port))
-    env.pop("PYTHONPATH")  # the blocker keeps slm_hf out even where it is installed
+    env.pop("PYTHONPATH")
+    space = home / "space"  # a Space repository holds app.py, not the slm_hf package
+    space.mkdir()
+    shutil.copy2(REPO / "app.py", space / "app.py")
+    python = python_without_slm_hf(home / "venv")
     with log.open("w") as output:
-        server = subprocess.Popen([sys.executable, "-c", RUN_APP_WITHOUT_SLM_HF, str(REPO / "app.py")], stdout=output,
-                                  stderr=subprocess.STDOUT, env=env, cwd=home)
+        server = subprocess.Popen([str(python), str(space / "app.py")], stdout=output, stderr=subprocess.STDOUT,
+                                  env=env, cwd=space)
     for url in _serving(server, f"http://127.0.0.1:{port}/", log):
         yield url, log
 
