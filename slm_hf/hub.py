@@ -34,13 +34,14 @@ from huggingface_hub import HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 from huggingface_hub.utils import filter_repo_objects
 from huggingface_hub.utils._paths import DEFAULT_IGNORE_PATTERNS
+from transformers.dynamic_module_utils import get_relative_imports
 
 from .errors import SLMError, folder_problem
 from .exporting.to_llama import export_llama
 from .model_card import check_model_card, render_model_card, write_model_card
 
 # Files a Hub user needs to load and run the model with transformers alone (the weights are checked apart:
-# model.safetensors, or a sharded index).
+# model.safetensors, or a sharded index; so are the files modeling_slm.py imports, which depend on its version).
 REQUIRED_FILES = (
     "config.json",
     "generation_config.json",
@@ -118,6 +119,9 @@ def check_model_folder(model_dir: str | os.PathLike, *, require_card: bool = Tru
     missing = [name for name in REQUIRED_FILES if name not in files and (require_card or name != "README.md")]
     if "model.safetensors" not in files and "model.safetensors.index.json" not in files:
         missing.insert(0, "model.safetensors")
+    if "modeling_slm.py" in files:  # its sibling files (the loss, the int8 copy), as transformers will look for them
+        siblings = get_relative_imports(folder / "modeling_slm.py")
+        missing += [f"{name}.py (imported by modeling_slm.py)" for name in siblings if f"{name}.py" not in files]
     if missing:
         hint = " (write the card with slm_hf.model_card.write_model_card)" if missing == ["README.md"] else ""
         raise SLMError(f"{folder} is not a complete model folder: missing {', '.join(missing)}{hint}")

@@ -85,7 +85,7 @@ def test_the_story_grows_token_by_token(teller):
 
 
 def test_the_int8_story_teller_tells_stories(final, teller):
-    from slm_hf.modeling_slm import SLMInt8Linear
+    from slm_hf.int8_slm import SLMInt8Linear
 
     int8 = _load_app_module().StoryTeller.load(str(final), int8=True)
     layers = [module for module in int8.model.modules() if isinstance(module, (torch.nn.Linear, SLMInt8Linear))]

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -230,7 +231,7 @@ def test_activation_checkpointing_gives_the_same_gradients(position):
 def test_loss_and_its_gradient_equal_pytorch_cross_entropy_in_fp32(dtype):
     """The model's chunked loss against `F.cross_entropy` of the fp32 logits, ignored (-100) targets included, over
     several chunks; the gradient comes back in the logits' own dtype."""
-    from slm_hf.modeling_slm import causal_lm_loss
+    from slm_hf.loss_slm import causal_lm_loss
 
     torch.manual_seed(0)
     logits = (3 * torch.randn(3, 50, 97)).to(dtype).requires_grad_()
@@ -251,7 +252,7 @@ def test_loss_and_its_gradient_equal_pytorch_cross_entropy_in_fp32(dtype):
 def test_compiled_loss_equals_the_chunked_one():
     """Under torch.compile (training's compile=true) the loss is plain fp32 cross-entropy for the compiler to fuse."""
     needs_a_compiler()
-    from slm_hf.modeling_slm import causal_lm_loss
+    from slm_hf.loss_slm import causal_lm_loss
 
     torch.manual_seed(0)
     logits = (3 * torch.randn(2, 40, 97)).requires_grad_()
@@ -383,7 +384,8 @@ def test_save_and_load_round_trip(tmp_path, position):
     assert model.lm_head.weight is model.model.embed_tokens.weight
     model.save_pretrained(tmp_path)
     files = {path.name for path in tmp_path.iterdir()}
-    assert {"config.json", "model.safetensors", "configuration_slm.py", "modeling_slm.py"} <= files
+    assert {"config.json", "model.safetensors", "configuration_slm.py", "modeling_slm.py", "loss_slm.py",
+            "int8_slm.py"} <= files  # the architecture and its siblings: the loss and the int8 copy
     assert not any(name.endswith((".bin", ".pt", ".pth")) for name in files)
     auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
     assert auto_map["AutoModelForCausalLM"] == "modeling_slm.SLMForCausalLM"
@@ -444,6 +446,21 @@ def test_a_folder_saved_before_the_options_existed_loads_as_the_same_model(tmp_p
     input_ids = random_ids(2, 12)
     with torch.no_grad():
         assert torch.equal(loaded(input_ids).logits, model(input_ids).logits)
+
+
+SAVED_AT_23CA221 = Path(__file__).parent / "fixtures" / "saved_at_23ca221"
+
+
+def test_a_folder_saved_by_an_earlier_version_loads_and_computes_the_same_logits():
+    """The fixture was saved at commit 23ca221 (its README): the loss and the int8 copy inside modeling_slm.py, the
+    dropped options (QK-norm, soft-cap, zero-init) named in its config.json at their defaults."""
+    expected = json.loads((SAVED_AT_23CA221 / "expected_logits.json").read_text())
+    loaded = AutoModelForCausalLM.from_pretrained(SAVED_AT_23CA221).eval()
+    assert type(loaded) is SLMForCausalLM
+    input_ids = torch.tensor(expected["input_ids"])
+    with torch.no_grad():
+        assert torch.allclose(loaded(input_ids).logits, torch.tensor(expected["logits"]), atol=1e-5, rtol=0)
+    assert greedy(loaded, input_ids).shape == (1, 6 + 24)
 
 
 def _scale_queries_and_keys(model, factor: float) -> None:
@@ -516,6 +533,15 @@ assert out.shape == (2, prompts.input_ids.shape[1] + 8), out.shape
 generator = pipeline("text-generation", model=folder, trust_remote_code=True)
 texts = generator(["Once upon a time", "Lily"], max_new_tokens=8, do_sample=False, batch_size=2)
 assert all(text[0]["generated_text"].startswith(p) for text, p in zip(texts, ["Once upon a time", "Lily"])), texts
+model.train()  # the chunked loss ships in the folder (loss_slm.py): the model's loss_function, with gradients
+loss = model(ids, labels=ids).loss
+loss.backward()
+assert model.loss_function.__module__.endswith(".loss_slm"), model.loss_function
+assert torch.allclose(loss, torch.nn.functional.cross_entropy(model(ids).logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten()))
+int8 = model.eval().quantize_int8()  # the int8 copy ships in the folder too (int8_slm.py)
+assert type(int8.lm_head).__module__.endswith(".int8_slm"), type(int8.lm_head)
+out = int8.generate(**prompts, max_new_tokens=8, do_sample=False)
+assert out.shape == (2, prompts.input_ids.shape[1] + 8), out.shape
 print("OK", type(model).__module__, repr(texts[0][0]["generated_text"]))
 """
 
