@@ -142,9 +142,6 @@ class SLMAttention(nn.Module):
         self.qkv_proj = nn.Linear(config.hidden_size, qkv_size, bias=config.bias)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=config.bias)
         self.o_proj.is_residual_projection = True
-        if config.qk_norm:
-            self.q_norm = SLMRMSNorm(self.head_dim, eps=config.norm_eps)
-            self.k_norm = SLMRMSNorm(self.head_dim, eps=config.norm_eps)
 
     def forward(
         self,
@@ -158,9 +155,6 @@ class SLMAttention(nn.Module):
         qkv = self.qkv_proj(hidden_states).view(batch, seq, -1, self.head_dim)
         queries_and_keys = self.num_heads + self.num_key_value_heads
         query_key = qkv[:, :, :queries_and_keys]
-        if self.config.qk_norm:
-            query, key = query_key.split([self.num_heads, self.num_key_value_heads], dim=2)
-            query_key = torch.cat([self.q_norm(query), self.k_norm(key)], dim=2)
         if self.use_rotary:  # queries and keys turn together: one rotation for both
             cos, sin = position_embeddings
             query_key = apply_rotary(query_key, cos, sin)
@@ -198,12 +192,11 @@ class SLMAttention(nn.Module):
 
 # -------------------------------------------------------------------------------------------- feed-forward
 class SLMMLP(nn.Module):
-    """Feed-forward network: SwiGLU (`down(silu(gate(x)) * up(x))`, gate and up fused), GELU (`down(gelu(up(x)))`)
-    or squared ReLU (`down(relu(up(x))^2)`)."""
+    """Feed-forward network: SwiGLU (`down(silu(gate(x)) * up(x))`, gate and up fused) or GELU (`down(gelu(up(x)))`).
+    """
 
     def __init__(self, config: SLMConfig):
         super().__init__()
-        self.mlp_type = config.mlp_type
         self.gated = config.mlp_type == "swiglu"
         up_size = 2 * config.intermediate_size if self.gated else config.intermediate_size
         self.up_proj = nn.Linear(config.hidden_size, up_size, bias=config.bias)
@@ -214,8 +207,6 @@ class SLMMLP(nn.Module):
         if self.gated:
             gate, up = self.up_proj(hidden_states).chunk(2, dim=-1)
             return self.down_proj(F.silu(gate) * up)
-        if self.mlp_type == "relu2":
-            return self.down_proj(F.relu(self.up_proj(hidden_states)).square())
         return self.down_proj(F.gelu(self.up_proj(hidden_states), approximate="tanh"))
 
 
@@ -301,16 +292,12 @@ class SLMPreTrainedModel(PreTrainedModel):
         return super().save_pretrained(*args, **kwargs)
 
     def _init_weights(self, module: nn.Module):
-        """GPT-2 initialisation: N(0, initializer_range), residual projections scaled by 1/sqrt(2 * layers) (or zero,
-        with `zero_init_residual`)."""
+        """GPT-2 initialisation: N(0, initializer_range), residual projections scaled by 1/sqrt(2 * layers)."""
         std = self.config.initializer_range
         if isinstance(module, nn.Linear):
             residual = getattr(module, "is_residual_projection", False)
-            if residual and self.config.zero_init_residual:
-                init.zeros_(module.weight)
-            else:
-                init.normal_(module.weight, mean=0.0, std=std / (2 * self.config.num_hidden_layers) ** 0.5 if residual
-                             else std)
+            init.normal_(module.weight, mean=0.0, std=std / (2 * self.config.num_hidden_layers) ** 0.5 if residual
+                         else std)
             if module.bias is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
@@ -483,8 +470,6 @@ class SLMForCausalLM(SLMPreTrainedModel, GenerationMixin):
             **kwargs,
         )
         logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
-        if self.config.logit_softcap is not None:
-            logits = self.config.logit_softcap * torch.tanh(logits / self.config.logit_softcap)
 
         loss = None
         if labels is not None or shift_labels is not None:
