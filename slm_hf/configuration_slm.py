@@ -17,6 +17,10 @@ if Version(transformers.__version__).release < (5, 24):
         f"pip install --upgrade 'transformers>=5.24,<6'"
     )
 
+# The default vocabulary: of the byte-level BPE that slm_hf trains (slm_hf.tokenization, slm_hf.data) and of the
+# models sized for it (the `small` preset, the config's default).
+DEFAULT_VOCAB_SIZE = 4096
+
 POSITION_EMBEDDING_TYPES = ("rope", "learned")
 NORM_TYPES = ("rmsnorm", "layernorm")
 MLP_TYPES = ("swiglu", "gelu")
@@ -69,7 +73,7 @@ PRESETS = {
     ),
     # Ours, sized for a 2-core CPU: rotary positions, RMSNorm, SwiGLU, no biases, tied embeddings (about 7M).
     "small": dict(
-        vocab_size=4096,
+        vocab_size=DEFAULT_VOCAB_SIZE,
         hidden_size=288,
         num_hidden_layers=6,
         num_attention_heads=6,
@@ -128,7 +132,7 @@ class SLMConfig(PretrainedConfig):
 
     def __init__(
         self,
-        vocab_size: int = 4096,
+        vocab_size: int = DEFAULT_VOCAB_SIZE,
         hidden_size: int = 288,
         num_hidden_layers: int = 6,
         num_attention_heads: int = 6,
