@@ -81,10 +81,10 @@ EXAMPLES = [
 ]
 MAX_PROMPT_CHARS = 2000
 QUEUE_SIZE = 64
-# Sampling controls: (minimum, maximum, default).
-LENGTH = (16, 512, 200)
-TEMPERATURE = (0.1, 1.5, 0.8)
-TOP_K = (0, 200, 50)
+# Sampling controls: (minimum, maximum); they start at the model's own settings (its generation_config.json).
+LENGTH = (16, 512)
+TEMPERATURE = (0.1, 1.5)
+TOP_K = (0, 200)
 
 
 def check_settings(max_new_tokens, temperature, top_k) -> str | None:
@@ -95,7 +95,7 @@ def check_settings(max_new_tokens, temperature, top_k) -> str | None:
 
     if not number(max_new_tokens) or max_new_tokens < 1:
         return f"Length must be a number of new tokens, at least 1, not {max_new_tokens!r}."
-    for name, value, (low, high, _) in (("Temperature", temperature, TEMPERATURE), ("Top-k", top_k, TOP_K)):
+    for name, value, (low, high) in (("Temperature", temperature, TEMPERATURE), ("Top-k", top_k, TOP_K)):
         if not number(value) or not low <= value <= high:
             return f"{name} must be a number from {low:g} to {high:g}, not {value!r}."
     return None
@@ -128,6 +128,15 @@ class StoryTeller:
                 raise ValueError(f"int8 needs an SLM model, not a {type(model).__name__}")
             model.eval().quantize_int8()
         return cls(model, tokenizer)
+
+    def slider_values(self) -> tuple[int, float, int]:
+        """Where the length, temperature and top-k sliders start: the model's generation_config (clipped to the
+        sliders' ranges; the middle of a range the model does not set)."""
+        saved = self.model.generation_config
+        sampling = bool(saved.do_sample)
+        values = (saved.max_new_tokens, saved.temperature if sampling else None, saved.top_k if sampling else None)
+        return tuple(sum(bounds) / 2 if value is None else min(max(value, bounds[0]), bounds[1])
+                     for value, bounds in zip(values, (LENGTH, TEMPERATURE, TOP_K)))
 
     def check_prompt(self, prompt: str) -> tuple[list[int] | None, str | None]:
         """The prompt's token ids (after the start token), or a polite message saying why it cannot be used."""
@@ -162,8 +171,7 @@ class StoryTeller:
             max_new_tokens=max(1, min(int(max_new_tokens), self.context - len(ids))),
             do_sample=True,
             temperature=float(temperature),
-            top_k=int(top_k),
-            top_p=1.0,
+            top_k=int(top_k),  # top_p and the rest: the model's generation_config
             eos_token_id=self.tokenizer.eos_token_id,
             pad_token_id=self.tokenizer.pad_token_id,
         )
@@ -200,10 +208,11 @@ def build_demo(teller: StoryTeller, title: str = "Tiny story teller", queue_size
                                     elem_id="prompt")
                 button = gr.Button("Tell me a story", variant="primary", elem_id="tell")
                 with gr.Accordion("Settings", open=True):
-                    length = gr.Slider(*LENGTH[:2], value=LENGTH[2], step=8, label="Length (new tokens)")
-                    temperature = gr.Slider(*TEMPERATURE[:2], value=TEMPERATURE[2], step=0.05,
+                    start = teller.slider_values()
+                    length = gr.Slider(*LENGTH, value=start[0], step=8, label="Length (new tokens)")
+                    temperature = gr.Slider(*TEMPERATURE, value=start[1], step=0.05,
                                             label="Temperature (higher = wilder)")
-                    top_k = gr.Slider(*TOP_K[:2], value=TOP_K[2], step=1, label="Top-k (0 = no limit)")
+                    top_k = gr.Slider(*TOP_K, value=start[2], step=1, label="Top-k (0 = no limit)")
             with gr.Column(scale=3):
                 story = gr.Textbox(label="Story", lines=14, interactive=False, elem_id="story")
         gr.Examples(EXAMPLES, inputs=prompt, label="Try one of these")

@@ -84,6 +84,11 @@ def test_the_story_grows_token_by_token(teller):
     assert steps[0].startswith(PROMPT) and len(steps[-1]) > len(PROMPT)
 
 
+def test_the_sliders_start_at_the_model_generation_config(teller):
+    saved = teller.model.generation_config  # training wrote the story sampling there
+    assert teller.slider_values() == (saved.max_new_tokens, saved.temperature, saved.top_k)
+
+
 def test_the_int8_story_teller_tells_stories(final, teller):
     from slm_hf.int8_slm import SLMInt8Linear
 
@@ -152,6 +157,9 @@ def test_a_full_queue_refuses_a_request_with_a_clear_message_and_serves_the_othe
     gate = threading.Event()
 
     class GatedTeller:
+        def slider_values(self):
+            return teller.slider_values()
+
         def tell(self, *args):
             gate.wait(120)
             yield from teller.tell(*args)
