@@ -98,10 +98,10 @@ STORY_TIMEOUT_S = 120  # a story whose next token takes longer than this ends wi
 # holds MAX_STORIES whole contexts. Left to itself it would take 90% of the free memory, whatever the model.
 CACHE_PAGE_TOKENS = 256
 BATCH_TOKENS = 2048  # tokens one forward pass may take: prompts being read plus one token per story being written
-# Sampling controls: (minimum, maximum, default).
-LENGTH = (16, 512, 200)
-TEMPERATURE = (0.1, 1.5, 0.8)
-TOP_K = (0, 200, 50)
+# Sampling controls: (minimum, maximum); they start at the model's own settings (its generation_config.json).
+LENGTH = (16, 512)
+TEMPERATURE = (0.1, 1.5)
+TOP_K = (0, 200)
 
 
 def check_settings(max_new_tokens, temperature, top_k) -> str | None:
@@ -112,7 +112,7 @@ def check_settings(max_new_tokens, temperature, top_k) -> str | None:
 
     if not number(max_new_tokens) or max_new_tokens < 1:
         return f"Length must be a number of new tokens, at least 1, not {max_new_tokens!r}."
-    for name, value, (low, high, _) in (("Temperature", temperature, TEMPERATURE), ("Top-k", top_k, TOP_K)):
+    for name, value, (low, high) in (("Temperature", temperature, TEMPERATURE), ("Top-k", top_k, TOP_K)):
         if not number(value) or not low <= value <= high:
             return f"{name} must be a number from {low:g} to {high:g}, not {value!r}."
     return None
@@ -132,7 +132,9 @@ class StoryTeller:
     def _start_batching(self):
         """Start the manager, and check with one short story that this model can be batched: a model folder saved
         before SLM models took continuous batching's paged cache fails here, with one line, not in a reader's page."""
-        sampling = GenerationConfig(do_sample=True, temperature=TEMPERATURE[2], top_k=TOP_K[2], top_p=1.0,
+        saved = self.model.generation_config  # top_p and the rest: the model's own; each story its temperature, top-k
+        sampling = GenerationConfig(do_sample=True, temperature=saved.temperature or 1.0, top_k=saved.top_k or 0,
+                                    top_p=saved.top_p if saved.top_p is not None else 1.0,
                                     eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id)
         batching = ContinuousBatchingConfig(
             num_blocks=self.max_stories * -(-self.context // CACHE_PAGE_TOKENS), page_size=CACHE_PAGE_TOKENS,
@@ -179,6 +181,15 @@ class StoryTeller:
                 raise ValueError(f"int8 needs an SLM model, not a {type(model).__name__}")
             model.eval().quantize_int8()
         return cls(model, tokenizer)
+
+    def slider_values(self) -> tuple[int, float, int]:
+        """Where the length, temperature and top-k sliders start: the model's generation_config (clipped to the
+        sliders' ranges; the middle of a range the model does not set)."""
+        saved = self.model.generation_config
+        sampling = bool(saved.do_sample)
+        values = (saved.max_new_tokens, saved.temperature if sampling else None, saved.top_k if sampling else None)
+        return tuple(sum(bounds) / 2 if value is None else min(max(value, bounds[0]), bounds[1])
+                     for value, bounds in zip(values, (LENGTH, TEMPERATURE, TOP_K)))
 
     def check_prompt(self, prompt: str) -> tuple[list[int] | None, str | None]:
         """The prompt's token ids (after the start token), or a polite message saying why it cannot be used."""
@@ -254,10 +265,11 @@ def build_demo(teller: StoryTeller, title: str = "Tiny story teller", queue_size
                                     elem_id="prompt")
                 button = gr.Button("Tell me a story", variant="primary", elem_id="tell")
                 with gr.Accordion("Settings", open=True):
-                    length = gr.Slider(*LENGTH[:2], value=LENGTH[2], step=8, label="Length (new tokens)")
-                    temperature = gr.Slider(*TEMPERATURE[:2], value=TEMPERATURE[2], step=0.05,
+                    start = teller.slider_values()
+                    length = gr.Slider(*LENGTH, value=start[0], step=8, label="Length (new tokens)")
+                    temperature = gr.Slider(*TEMPERATURE, value=start[1], step=0.05,
                                             label="Temperature (higher = wilder)")
-                    top_k = gr.Slider(*TOP_K[:2], value=TOP_K[2], step=1, label="Top-k (0 = no limit)")
+                    top_k = gr.Slider(*TOP_K, value=start[2], step=1, label="Top-k (0 = no limit)")
             with gr.Column(scale=3):
                 story = gr.Textbox(label="Story", lines=14, interactive=False, elem_id="story")
         gr.Examples(EXAMPLES, inputs=prompt, label="Try one of these")

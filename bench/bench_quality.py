@@ -17,7 +17,7 @@ Recipes (`--recipes`):
              this CPU's bf16 products are fast (else fp32, as ours)
 
 Data: the shared TinyStories text (train.txt for training, valid.txt for validation only) prepared once with
-`slm_hf.data.prepare_data` into OUT/data (a BPE trained on train.txt: 4096 tokens, or `--vocab-size`), reused on later
+`slm_hf.data.prepare_data` into OUT/data (a BPE trained on train.txt: the default vocabulary, or `--vocab-size`), reused on later
 runs.
 
 Outputs, in OUT (default runs/bench-quality): runs/{recipe}-{budget}min/ (each a full training run), results.json
@@ -68,13 +68,13 @@ from slm_hf.evaluation import evaluate_data_folder  # noqa: E402
 from slm_hf.generation import load_pretrained  # noqa: E402
 from slm_hf.training import train  # noqa: E402
 from slm_hf.training.metrics import save_figure  # noqa: E402
+from slm_hf.configuration_slm import DEFAULT_VOCAB_SIZE  # noqa: E402
 from slm_hf.training_config import TrainingConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SHARED_DATA = ROOT.parent / "shared" / "data" / "tinystories"
 RECIPES = ("seed", "ours", "ours-dropout", "llama")
 COLORS = {"seed": "tab:gray", "ours": "tab:blue", "ours-dropout": "tab:cyan", "llama": "tab:orange"}
-VOCAB_SIZE = 4096
 UNBOUNDED_STEPS = 1_000_000  # the time budget decides
 
 # The plain Llama recipe, pinned here (not read from cpu-demo.yaml, which is being tuned): a sane default a user
@@ -325,7 +325,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                              "holds them")
     parser.add_argument("--report", action="store_true", help="train nothing: the tables and the plot of the "
                                                               "runs results.json holds")
-    parser.add_argument("--vocab-size", type=int, default=VOCAB_SIZE,
+    parser.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE,
                         help="size of the BPE trained on train.txt (default: %(default)s); an OUT folder holds one "
                              "vocabulary, so compare another in another --out")
     parser.add_argument("--eval-batch-size", type=int, default=16, help="windows per forward pass when scoring")

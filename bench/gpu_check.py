@@ -332,10 +332,11 @@ def profile_step(out: Path, config_path: Path, warmup: int = 15, steps: int = 5,
     from torch.autograd import DeviceType
 
     from slm_hf import SLMForCausalLM
+    from slm_hf.configuration_slm import DEFAULT_VOCAB_SIZE
     from slm_hf.training import BatchShape, TokenWindows, build_optimizer, compile_layers_and_loss, optimizer_step
     from slm_hf.training_config import TrainingConfig
 
-    config, model_config = TrainingConfig.load(config_path).resolved(vocab_size=4096, eos_token_id=0)
+    config, model_config = TrainingConfig.load(config_path).resolved(vocab_size=DEFAULT_VOCAB_SIZE, eos_token_id=0)
     shape = BatchShape(config.batch_size, config.gradient_accumulation_steps, processes=1,
                        block_size=config.block_size)
     accelerator = Accelerator(mixed_precision=config.mixed_precision)
@@ -377,6 +378,7 @@ def profile_step(out: Path, config_path: Path, warmup: int = 15, steps: int = 5,
 def overflow_train(spec: dict) -> None:
     """scripts/train.py's run, its model's loss multiplied by OVERFLOW_FACTOR at update `overflow_at` (if any)."""
     from slm_hf import SLMForCausalLM
+    from slm_hf.configuration_slm import DEFAULT_VOCAB_SIZE
     from slm_hf.training import train
     from slm_hf.training_config import TrainingConfig
 
@@ -441,6 +443,7 @@ def main(argv=None) -> int:
 
     from machine import model_shape, write_results
 
+    from slm_hf.configuration_slm import DEFAULT_VOCAB_SIZE
     from slm_hf.training_config import TrainingConfig
 
     cuda = torch.cuda.is_available()
@@ -479,7 +482,8 @@ def main(argv=None) -> int:
     out = args.out or (work / "gpu_check.json" if skipped else default)
     report["versions"] = versions()
     try:
-        shape = model_shape(TrainingConfig.load(args.config).model_config(vocab_size=4096, eos_token_id=0))
+        shape = model_shape(TrainingConfig.load(args.config).model_config(vocab_size=DEFAULT_VOCAB_SIZE,
+                                                                          eos_token_id=0))
     except Exception:  # the parts have recorded why the config does not load
         shape = None
     path = write_results("gpu_check", report, shape=shape, out=out)

@@ -20,7 +20,6 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(os.environ.get("SLM_BENCH_RESULTS") or ROOT / "bench" / "results")
 # The shape every side-by-side benchmark measures, and the one bench/report.py calls current: the cpu-demo preset's.
 CPU_DEMO_CONFIG = ROOT / "configs" / "cpu-demo.yaml"
-BENCH_VOCAB_SIZE = 4096  # the shipped sample's vocabulary, which cpu-demo trains on
 
 # The CPU flags that decide how fast bf16 arithmetic runs here (lscpu's names).
 RELEVANT_FLAGS = ("amx_bf16", "amx_tile", "amx_int8", "avx512_bf16", "avx512f", "avx2")
@@ -112,11 +111,13 @@ SHAPE_NAMES = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_k
 
 
 def cpu_demo_shape(config_path: Path = CPU_DEMO_CONFIG):
-    """(TrainingConfig, SLMConfig) of the benchmarked shape: the cpu-demo preset's model and batch, vocabulary 4096."""
+    """(TrainingConfig, SLMConfig) of the benchmarked shape: the cpu-demo preset's model and batch, with the default
+    vocabulary (the shipped sample's, which cpu-demo trains on)."""
+    from slm_hf.configuration_slm import DEFAULT_VOCAB_SIZE
     from slm_hf.training_config import TrainingConfig
 
     config = TrainingConfig.load(config_path)
-    return config, config.model_config(vocab_size=BENCH_VOCAB_SIZE, eos_token_id=0)
+    return config, config.model_config(vocab_size=DEFAULT_VOCAB_SIZE, eos_token_id=0)
 
 
 def model_shape(config) -> dict:

@@ -451,6 +451,9 @@ RAW_NOTES = {
     "BENCHMARKS_handwritten_until_c74a0be.md": "BENCHMARKS.md as written by hand up to commit c74a0be: the analyses "
     "and figures of earlier sessions (the 288 x 6 shape, GPU runs on torch 2.11, recipe searches), transcribed by hand",
     "quality_per_minute.png": "the plot of the 2026-11-27 quality runs (288 x 6)",
+    "recipe_screen_tiny_amd_2026-12-03.txt": "the recipe and architecture screen at tiny scale (200 steps): the "
+    "measurements that dropped QK-norm, the logit soft-cap and zero-initialised projections (squared ReLU: also the "
+    "`relu2` runs at the `small` size above)",
 }
 
 

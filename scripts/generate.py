@@ -16,12 +16,12 @@ def parse_args(argv=None):
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="a model folder (e.g. a run's final/) or a Hub model id")
     parser.add_argument("--prompt", default=None, help="the beginning of the story (default: read lines of stdin)")
-    # Sampling: what is not given takes slm_hf.generation.GenerationSettings' default.
-    parser.add_argument("--max-new-tokens", type=int, help="the most tokens to add (default 200)")
-    parser.add_argument("--temperature", type=float, help="0 = greedy (default 0.8)")
-    parser.add_argument("--top-k", type=int, help="0 = no top-k filter (default 50)")
-    parser.add_argument("--top-p", type=float, help="1 = no nucleus filter (default 1)")
-    parser.add_argument("--repetition-penalty", type=float, help="1 = none (default 1)")
+    # Sampling: what is not given is the model's own, from its folder's generation_config.json.
+    parser.add_argument("--max-new-tokens", type=int, help="the most tokens to add (default: the model's)")
+    parser.add_argument("--temperature", type=float, help="0 = greedy (default: the model's)")
+    parser.add_argument("--top-k", type=int, help="0 = no top-k filter (default: the model's)")
+    parser.add_argument("--top-p", type=float, help="1 = no nucleus filter (default: the model's)")
+    parser.add_argument("--repetition-penalty", type=float, help="1 = none (default: the model's)")
     parser.add_argument("--seed", type=int, default=None, help="seed for reproducible stories (default: random)")
     parser.add_argument("--num-return-sequences", type=int, help="stories per prompt (default 1)")
     parser.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of --model")

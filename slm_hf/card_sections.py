@@ -1,14 +1,54 @@
-"""The model card's tables, from a model folder's config.json and training_results.json: the results, the
-architecture and the training (rendered into templates/model_card.md by slm_hf.model_card)."""
+"""The model card's tables, from a model folder's config.json and training_results.json: the training data, the
+results, the architecture and the training (rendered into templates/model_card.md by slm_hf.model_card)."""
 
 from __future__ import annotations
 
 import json
 import math
-from typing import TYPE_CHECKING, Any
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-if TYPE_CHECKING:  # annotations only: model_card imports this module
-    from .model_card import TrainingDataset
+DATASET_ID = "roneneldan/TinyStories"
+
+
+@dataclass(frozen=True)
+class TrainingDataset:
+    """What a model was trained on, as its card names it."""
+
+    name: str  # for the text: "TinyStories (sample)", "someone/stories", "my_stories (local files)"
+    link: str  # Markdown for the text
+    hub_id: str | None  # the Hub dataset id for the metadata; None for local files
+    tinystories: bool  # TinyStories itself (or the shipped sample of it): its license and limitations apply
+
+    @property
+    def index_type(self) -> str:
+        """The model-index `dataset.type`: the Hub id, else the local data's name."""
+        return self.hub_id or self.name.removesuffix(LOCAL_SUFFIX)
+
+
+LOCAL_SUFFIX = " (local files)"
+
+
+def training_dataset(results: dict | None) -> TrainingDataset:
+    """The training data named in `training_results.json` (`data.source`, copied by training from the data folder's
+    meta.json): the shipped sample or `roneneldan/TinyStories` are TinyStories; another Hub id is that dataset; a
+    local file or folder (a path that exists, or that cannot be a Hub id) is named by its file or folder name."""
+    source = ((results or {}).get("data") or {}).get("source")
+    if source in (None, "sample") or str(source).lower() == DATASET_ID.lower():
+        name = f"TinyStories ({source})" if source else "TinyStories"
+        return TrainingDataset(name, f"[{name}](https://huggingface.co/datasets/{DATASET_ID})", DATASET_ID, True)
+    source = str(source)
+    path = Path(source).expanduser()
+    if not path.exists() and HUB_ID.fullmatch(source):
+        return TrainingDataset(source, f"[{source}](https://huggingface.co/datasets/{source})", source, False)
+    local = (path.name or source) + LOCAL_SUFFIX
+    return TrainingDataset(local, f"its own stories, `{path.name or source}` (local files)", None, False)
+
+
+# A Hub id: `user/name`.
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 def results_section(results: dict | None, training_data: TrainingDataset) -> dict | None:

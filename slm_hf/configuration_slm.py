@@ -17,9 +17,18 @@ if Version(transformers.__version__).release < (5, 24):
         f"pip install --upgrade 'transformers>=5.24,<6'"
     )
 
+# The default vocabulary: of the byte-level BPE that slm_hf trains (slm_hf.tokenization, slm_hf.data) and of the
+# models sized for it (the `small` preset, the config's default).
+DEFAULT_VOCAB_SIZE = 4096
+
 POSITION_EMBEDDING_TYPES = ("rope", "learned")
 NORM_TYPES = ("rmsnorm", "layernorm")
-MLP_TYPES = ("swiglu", "gelu", "relu2")
+MLP_TYPES = ("swiglu", "gelu")
+
+# Options earlier versions had, measured and dropped (they did not pay: BENCHMARKS.md, History), with the value that
+# meant "off". A config.json that names one at that value loads as the same model; one that switches it on is refused.
+DROPPED_OPTIONS = {"qk_norm": False, "logit_softcap": None, "zero_init_residual": False}
+DROPPED_MLP_TYPES = ("relu2",)
 
 # The positive integers that fix a model's shape: its sizes, and so its parameter count and its arithmetic.
 SHAPE_FIELDS = (
@@ -64,7 +73,7 @@ PRESETS = {
     ),
     # Ours, sized for a 2-core CPU: rotary positions, RMSNorm, SwiGLU, no biases, tied embeddings (about 7M).
     "small": dict(
-        vocab_size=4096,
+        vocab_size=DEFAULT_VOCAB_SIZE,
         hidden_size=288,
         num_hidden_layers=6,
         num_attention_heads=6,
@@ -95,15 +104,14 @@ class SLMConfig(PretrainedConfig):
         num_key_value_heads (`int`, *optional*): key/value heads (grouped-query attention); defaults to
             `num_attention_heads` (plain multi-head attention).
         intermediate_size (`int`, *optional*): hidden width of the feed-forward network; defaults to 4x
-            `hidden_size` for GELU and squared ReLU, and to 8/3x (rounded up to a multiple of 32) for SwiGLU.
+            `hidden_size` for GELU, and to 8/3x (rounded up to a multiple of 32) for SwiGLU.
         max_position_embeddings (`int`): longest sequence the model is trained for (the size of the learned
             position table; rotary positions have no table but the same training context).
         position_embedding_type (`str`): `"rope"` (rotary) or `"learned"` (an absolute position table).
         rope_theta (`float`): base of the rotary frequencies.
         norm_type (`str`): `"rmsnorm"` or `"layernorm"`.
         norm_eps (`float`): epsilon of the normalisation layers.
-        mlp_type (`str`): `"swiglu"` (gated SiLU), `"gelu"` (two-layer GELU MLP) or `"relu2"` (two-layer MLP with
-            squared ReLU, as in the modded-nanogpt speedrun).
+        mlp_type (`str`): `"swiglu"` (gated SiLU) or `"gelu"` (two-layer GELU MLP).
         bias (`bool`): biases in the linear layers (and in LayerNorm).
         dropout (`float`): dropout on the embeddings and on the residual branches (the attention and feed-forward
             outputs).
@@ -113,17 +121,10 @@ class SLMConfig(PretrainedConfig):
         initializer_range (`float`): standard deviation of the normal initialisation; the projections that
             write into the residual stream are scaled down by `sqrt(2 * num_hidden_layers)` (GPT-2).
         tie_word_embeddings (`bool`): share the input embedding matrix with the language-model head.
-        qk_norm (`bool`): RMS-normalise each head's queries and keys (a learned scale per channel) before the rotary
-            positions and the dot product: bounded attention logits, whatever the learning rate does to the weights.
-        logit_softcap (`float`, *optional*): squash the output logits smoothly into (-cap, cap) with
-            `cap * tanh(logits / cap)`; None leaves them as they are.
-        zero_init_residual (`bool`): initialise the projections that write into the residual stream (attention output
-            and feed-forward down projection) to zero, so that every block starts as the identity.
-
-        The defaults of the last three (and `mlp_type="swiglu"`) are the architecture of every folder saved before
-        they existed; a Llama can express `zero_init_residual` and an untied head, not the others (see
-        `slm_hf.exporting`).
         use_cache (`bool`): return a key/value cache in inference.
+
+    The options in `DROPPED_OPTIONS` (QK-norm, logit soft-cap, zero-initialised projections) and the squared-ReLU
+    feed-forward network were measured and dropped; a config.json saved with one of them switched on is refused.
     """
 
     model_type = "slm"
@@ -131,7 +132,7 @@ class SLMConfig(PretrainedConfig):
 
     def __init__(
         self,
-        vocab_size: int = 4096,
+        vocab_size: int = DEFAULT_VOCAB_SIZE,
         hidden_size: int = 288,
         num_hidden_layers: int = 6,
         num_attention_heads: int = 6,
@@ -148,9 +149,6 @@ class SLMConfig(PretrainedConfig):
         attention_dropout: float | None = None,
         initializer_range: float = 0.02,
         tie_word_embeddings: bool = True,
-        qk_norm: bool = False,
-        logit_softcap: float | None = None,
-        zero_init_residual: bool = False,
         use_cache: bool = True,
         bos_token_id: int | None = 0,
         eos_token_id: int | None = 0,
@@ -176,13 +174,11 @@ class SLMConfig(PretrainedConfig):
         self.attention_dropout = dropout if attention_dropout is None else attention_dropout
         self.initializer_range = initializer_range
         self.tie_word_embeddings = tie_word_embeddings
-        self.qk_norm = qk_norm
-        self.logit_softcap = logit_softcap
-        self.zero_init_residual = zero_init_residual
         self.use_cache = use_cache
         self.bos_token_id = bos_token_id
         self.eos_token_id = eos_token_id
         self.pad_token_id = pad_token_id
+        _refuse_dropped_options(kwargs)  # and leave out those at their "off" value
         self._validate()  # before PretrainedConfig's own checks, which read head_dim
         super().__init__(**kwargs)
 
@@ -206,6 +202,8 @@ class SLMConfig(PretrainedConfig):
                 f"SLMConfig.num_attention_heads ({self.num_attention_heads}) must be divisible by "
                 f"num_key_value_heads ({self.num_key_value_heads})"
             )
+        if self.mlp_type in DROPPED_MLP_TYPES:
+            raise ValueError(_dropped_message("mlp_type", self.mlp_type))
         for name, allowed in (
             ("position_embedding_type", POSITION_EMBEDDING_TYPES),
             ("norm_type", NORM_TYPES),
@@ -222,12 +220,8 @@ class SLMConfig(PretrainedConfig):
         for name in ("dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"SLMConfig.{name} must be in [0, 1), got {getattr(self, name)!r}")
-        for name in ("qk_norm", "zero_init_residual", "tie_word_embeddings"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"SLMConfig.{name} must be true or false, got {getattr(self, name)!r}")
-        cap = self.logit_softcap
-        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or not 0 < cap < float("inf")):
-            raise ValueError(f"SLMConfig.logit_softcap must be None or a positive number, got {cap!r}")
+        if not isinstance(self.tie_word_embeddings, bool):
+            raise ValueError(f"SLMConfig.tie_word_embeddings must be true or false, got {self.tie_word_embeddings!r}")
         if not self.initializer_range > 0:
             raise ValueError(f"SLMConfig.initializer_range must be positive, got {self.initializer_range!r}")
         for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
@@ -243,6 +237,23 @@ class SLMConfig(PretrainedConfig):
         if name not in PRESETS:
             raise ValueError(f"Unknown SLM preset {name!r}; choose one of {sorted(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})
+
+
+def _refuse_dropped_options(kwargs: dict) -> None:
+    """Remove the dropped options from `kwargs` where they are off (as every earlier default saved them); refuse one
+    that is on, in one line."""
+    for name, off in DROPPED_OPTIONS.items():
+        if name in kwargs:
+            value = kwargs.pop(name)
+            if value != off:
+                raise ValueError(_dropped_message(name, value))
+
+
+def _dropped_message(name: str, value) -> str:
+    return (
+        f"SLMConfig.{name}={value!r} is an option slm_hf dropped (measured, it did not pay: BENCHMARKS.md, History); "
+        f"a folder saved with it loads with trust_remote_code=True, which runs the code saved with the folder"
+    )
 
 
 __all__ = ["SLMConfig"]

@@ -1,14 +1,17 @@
 """Inference: load a trained model (a local folder or a Hub id) and generate stories from prompts.
 
     model, tokenizer = load_pretrained("runs/cpu-demo/final")          # or "user/slm-tinystories"
-    settings = GenerationSettings(max_new_tokens=200, temperature=0.8, top_k=50, seed=0)
+    settings = GenerationSettings(seed=0)       # sampling as the folder's generation_config.json says
     stream_to_terminal(model, tokenizer, ["Once upon a time"], settings)    # prints as tokens arrive
     (ids,) = generate_ids(model, tokenizer, "Once upon a time", settings)   # the new token ids
 
 Loading. `import slm_hf` registers the SLM classes with transformers' Auto classes, so our own folders load with
-the installed code and no `trust_remote_code`. Remote code (the `configuration_slm.py` / `modeling_slm.py` a folder
-carries for Hub users) runs only when the caller opts in, for models whose type the installed transformers and
+the installed code and no `trust_remote_code`. Remote code (`configuration_slm.py`, `modeling_slm.py` and its siblings,
+which a folder carries for Hub users) runs only when the caller opts in, for models whose type the installed transformers and
 slm_hf do not know.
+
+Sampling. What a caller does not set comes from the model's `generation_config` (the folder's
+generation_config.json, written by training): the one place a model's sampling defaults are decided.
 
 Prompts. Every story in the training data follows an `<|endoftext|>` token, so a prompt is encoded as
 `<|endoftext|>` + its tokens: the model continues it as the beginning of a story. Generation stops at the next
@@ -26,7 +29,14 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, TextStreamer
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    TextStreamer,
+)
 from transformers.utils import logging as transformers_logging
 
 from .errors import SLMError
@@ -36,6 +46,9 @@ from .tokenization import load_tokenizer
 @dataclass(frozen=True)
 class GenerationSettings:
     """How to sample a story. Validated on construction; `asdict(settings)` is what reports record.
+
+    A sampling knob left at None is the model's own (its `generation_config`, saved as generation_config.json):
+    `for_model(model)` fills them in, and `generate_ids` does so before it samples.
 
     Args:
         max_new_tokens: the most tokens to add after the prompt (fewer if the story ends, or the context is full).
@@ -47,29 +60,49 @@ class GenerationSettings:
         num_return_sequences: stories per prompt.
     """
 
-    max_new_tokens: int = 200
-    temperature: float = 0.8
-    top_k: int = 50
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
+    max_new_tokens: int | None = None
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    repetition_penalty: float | None = None
     seed: int | None = 0
     num_return_sequences: int = 1
 
     def __post_init__(self):
-        rules = [
+        for name, ok, rule in self._rules():
+            if not ok and not (getattr(self, name) is None and name in _MAY_BE_NONE):
+                raise SLMError(f"{name} must be {rule}, got {getattr(self, name)!r}")
+
+    def _rules(self) -> list[tuple[str, bool, str]]:
+        return [
             ("max_new_tokens", _is_int(self.max_new_tokens) and self.max_new_tokens >= 1, "a positive integer"),
             ("temperature", _is_number(self.temperature) and self.temperature >= 0, ">= 0 (0 = greedy)"),
             ("top_k", _is_int(self.top_k) and self.top_k >= 0, "an integer >= 0 (0 = no top-k filter)"),
             ("top_p", _is_number(self.top_p) and 0 < self.top_p <= 1, "in (0, 1] (1 = no nucleus filter)"),
             ("repetition_penalty", _is_number(self.repetition_penalty) and self.repetition_penalty > 0,
              "> 0 (1 = none)"),
-            ("seed", self.seed is None or _is_int(self.seed), "an integer or None"),
+            ("seed", _is_int(self.seed), "an integer or None"),
             ("num_return_sequences", _is_int(self.num_return_sequences) and self.num_return_sequences >= 1,
              "a positive integer"),
         ]
-        for name, ok, rule in rules:
-            if not ok:
-                raise SLMError(f"{name} must be {rule}, got {getattr(self, name)!r}")
+
+    def resolved(self, saved: GenerationConfig, context: int) -> GenerationSettings:
+        """These settings with each knob left at None taken from `saved` (a model's generation_config): greedy
+        where it does not sample, no filter where it sets none, and up to `context` new tokens where it names no
+        length."""
+        sampling = bool(saved.do_sample)
+        return replace(
+            self,
+            max_new_tokens=_first(self.max_new_tokens, saved.max_new_tokens, context),
+            temperature=_first(self.temperature, saved.temperature if sampling else 0.0, 1.0),
+            top_k=_first(self.top_k, saved.top_k if sampling else None, 0),
+            top_p=_first(self.top_p, saved.top_p if sampling else None, 1.0),
+            repetition_penalty=_first(self.repetition_penalty, saved.repetition_penalty, 1.0),
+        )
+
+    def for_model(self, model: PreTrainedModel) -> GenerationSettings:
+        """`resolved` from the model's own generation_config and context."""
+        return self.resolved(model.generation_config, context_length(model))
 
     def generate_kwargs(self, tokenizer: PreTrainedTokenizerBase) -> dict:
         """The keyword arguments of `model.generate()` for these settings (every sampling knob set explicitly)."""
@@ -89,6 +122,15 @@ class GenerationSettings:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# The model's own where None (the sampling knobs), or left as they are (the seed).
+_MAY_BE_NONE = ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "seed")
+
+
+def _first(*values):
+    """The first value that is not None."""
+    return next(value for value in values if value is not None)
 
 
 def _is_int(value) -> bool:
@@ -193,7 +235,8 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
 
 
 def fit_to_context(model: PreTrainedModel, prompt_ids: list[int], settings: GenerationSettings) -> GenerationSettings:
-    """`settings` with `max_new_tokens` cut so that prompt + story fit the model's context.
+    """`settings` resolved for `model` (`GenerationSettings.for_model`), with `max_new_tokens` cut so that prompt +
+    story fit the model's context.
 
     Raises:
         SLMError: the prompt alone leaves no room for a single new token.
@@ -205,6 +248,7 @@ def fit_to_context(model: PreTrainedModel, prompt_ids: list[int], settings: Gene
             f"the prompt is {len(prompt_ids) - 1} tokens long, but this model reads at most {limit - 1} tokens of "
             f"prompt (context {limit}, one position for the start token); shorten the prompt"
         )
+    settings = settings.for_model(model)
     return replace(settings, max_new_tokens=min(settings.max_new_tokens, room))
 
 
@@ -259,6 +303,7 @@ def stream_to_terminal(
     by `max_new_tokens` or by the model's context rather than ended by the model.
     """
     out = out if out is not None else sys.stdout
+    settings = settings.for_model(model)
     count = 0
     for prompt in prompts:
         prompt_ids = encode_prompt(tokenizer, prompt)

@@ -34,13 +34,14 @@ from huggingface_hub import HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 from huggingface_hub.utils import filter_repo_objects
 from huggingface_hub.utils._paths import DEFAULT_IGNORE_PATTERNS
+from transformers.dynamic_module_utils import get_relative_imports
 
 from .errors import SLMError, folder_problem
 from .exporting.to_llama import export_llama
 from .model_card import check_model_card, render_model_card, write_model_card
 
 # Files a Hub user needs to load and run the model with transformers alone (the weights are checked apart:
-# model.safetensors, or a sharded index).
+# model.safetensors, or a sharded index; so are the files modeling_slm.py imports, which depend on its version).
 REQUIRED_FILES = (
     "config.json",
     "generation_config.json",
@@ -118,6 +119,9 @@ def check_model_folder(model_dir: str | os.PathLike, *, require_card: bool = Tru
     missing = [name for name in REQUIRED_FILES if name not in files and (require_card or name != "README.md")]
     if "model.safetensors" not in files and "model.safetensors.index.json" not in files:
         missing.insert(0, "model.safetensors")
+    if "modeling_slm.py" in files:  # its sibling files (the loss, the int8 copy), as transformers will look for them
+        siblings = get_relative_imports(folder / "modeling_slm.py")
+        missing += [f"{name}.py (imported by modeling_slm.py)" for name in siblings if f"{name}.py" not in files]
     if missing:
         hint = " (write the card with slm_hf.model_card.write_model_card)" if missing == ["README.md"] else ""
         raise SLMError(f"{folder} is not a complete model folder: missing {', '.join(missing)}{hint}")
@@ -203,10 +207,7 @@ def push_to_hub(
             cannot be reached (offline, network error, refused).
     """
     folder = Path(model_dir)
-    if format not in FORMATS:
-        raise SLMError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
-    if not repo_id or repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise SLMError(f"repo id {repo_id!r} should look like 'user/model-name'")
+    _check_push_arguments(format, repo_id)
     render_card = update_card or format == "llama"
     check_model_folder(folder, require_card=not render_card)
     with tempfile.TemporaryDirectory(prefix="slm-push-") as scratch:
@@ -216,37 +217,52 @@ def push_to_hub(
             raise SLMError(f"the model card {_shown_card_path(folder, card, scratch)} is incomplete: "
                            + "; ".join(problems))
         if not dry_run:  # fail fast, before the slow checks, when the upload cannot happen
-            token = token or get_token()
-            if not token:
-                raise SLMError("no Hugging Face token: log in with `hf auth login` or set HF_TOKEN (a token with write "
-                               "access)")
-            if huggingface_hub.constants.HF_HUB_OFFLINE:
-                raise SLMError("cannot push: the Hub is switched off here (HF_HUB_OFFLINE=1); unset it to upload")
+            token = _upload_token(token)
         remote_code = format == "slm"
         model_class = check_loads_standalone(upload_dir, remote_code=remote_code)
-        files = files_to_upload(upload_dir)
-        sizes = {name: (upload_dir / name).stat().st_size for name in files}
-        if card.parent != upload_dir:  # a dry run's card, rendered beside the folder
-            files = sorted(set(files) | {"README.md"})
-            sizes["README.md"] = card.stat().st_size
-        result = PushResult(
-            repo_id=repo_id,
-            files=files,
-            bytes=sum(sizes.values()),
-            dry_run=dry_run,
-            revision=revision,
-            checks=[
-                "required files present",
-                "model card metadata complete (license, datasets, pipeline_tag, "
-                + ("custom_code, " if remote_code else "") + "model-index)",
-                f"loads and generates with transformers alone "
-                f"({'trust_remote_code=True' if remote_code else 'no remote code'}): {model_class}",
-            ],
-        )
+        result = _checked_upload(upload_dir, card, repo_id, dry_run, revision, remote_code, model_class)
         if dry_run:
             return result
         result.repo_id, result.url = _upload(upload_dir, repo_id, token, private, revision, commit_message)
     return result
+
+
+def _checked_upload(upload_dir: Path, card: Path, repo_id: str, dry_run: bool, revision: str | None,
+                    remote_code: bool, model_class: str) -> PushResult:
+    """What will be uploaded (the card included, where a dry run rendered it beside the folder) and the checks
+    it passed."""
+    files = files_to_upload(upload_dir)
+    sizes = {name: (upload_dir / name).stat().st_size for name in files}
+    if card.parent != upload_dir:
+        files = sorted(set(files) | {"README.md"})
+        sizes["README.md"] = card.stat().st_size
+    checks = [
+        "required files present",
+        "model card metadata complete (license, datasets, pipeline_tag, "
+        + ("custom_code, " if remote_code else "") + "model-index)",
+        f"loads and generates with transformers alone "
+        f"({'trust_remote_code=True' if remote_code else 'no remote code'}): {model_class}",
+    ]
+    return PushResult(repo_id=repo_id, files=files, bytes=sum(sizes.values()), dry_run=dry_run, revision=revision,
+                      checks=checks)
+
+
+def _check_push_arguments(format: str, repo_id: str) -> None:
+    if format not in FORMATS:
+        raise SLMError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
+    if not repo_id or repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise SLMError(f"repo id {repo_id!r} should look like 'user/model-name'")
+
+
+def _upload_token(token: str | None) -> str:
+    """The token to upload with (`token`, else the logged-in one); `SLMError` when there is none or the Hub is off."""
+    token = token or get_token()
+    if not token:
+        raise SLMError("no Hugging Face token: log in with `hf auth login` or set HF_TOKEN (a token with write "
+                       "access)")
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        raise SLMError("cannot push: the Hub is switched off here (HF_HUB_OFFLINE=1); unset it to upload")
+    return token
 
 
 def _prepare_upload(folder: Path, scratch: Path, repo_id: str, format: str, render_card: bool,

@@ -18,16 +18,25 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from transformers import GenerationConfig
 
 from .atomic_files import atomic_path
-from .card_sections import architecture_section, human_count, results_section, training_section
+from .card_sections import (
+    DATASET_ID,
+    HUB_ID,
+    TrainingDataset,
+    architecture_section,
+    human_count,
+    results_section,
+    training_dataset,
+    training_section,
+)
 from .configuration_slm import SLMConfig
 from .errors import SLMError
 from .generation import GenerationSettings, generate_ids, load_pretrained
@@ -35,7 +44,6 @@ from .story_quality import QUALITY_PROMPTS, QUALITY_SETTINGS
 
 LICENSE = "apache-2.0"
 LICENSE_NAME = "Apache 2.0"
-DATASET_ID = "roneneldan/TinyStories"
 TAGS = ["text-generation", "slm_hf"]
 # Metadata a card must carry to be found and shown right on the Hub: `check_model_card` looks for these. (`datasets`
 # too when the model was trained on a Hub dataset; it names Hub ids only, and local data has none.)
@@ -136,59 +144,12 @@ def render_model_card(
     )
 
 
-@dataclass(frozen=True)
-class TrainingDataset:
-    """What a model was trained on, as its card names it."""
-
-    name: str  # for the text: "TinyStories (sample)", "someone/stories", "my_stories (local files)"
-    link: str  # Markdown for the text
-    hub_id: str | None  # the Hub dataset id for the metadata; None for local files
-    tinystories: bool  # TinyStories itself (or the shipped sample of it): its license and limitations apply
-
-    @property
-    def index_type(self) -> str:
-        """The model-index `dataset.type`: the Hub id, else the local data's name."""
-        return self.hub_id or self.name.removesuffix(LOCAL_SUFFIX)
-
-
-LOCAL_SUFFIX = " (local files)"
-
-
-def training_dataset(results: dict | None) -> TrainingDataset:
-    """The training data named in `training_results.json` (`data.source`, copied by training from the data folder's
-    meta.json): the shipped sample or `roneneldan/TinyStories` are TinyStories; another Hub id is that dataset; a
-    local file or folder (a path that exists, or that cannot be a Hub id) is named by its file or folder name."""
-    source = ((results or {}).get("data") or {}).get("source")
-    if source in (None, "sample") or str(source).lower() == DATASET_ID.lower():
-        name = f"TinyStories ({source})" if source else "TinyStories"
-        return TrainingDataset(name, f"[{name}](https://huggingface.co/datasets/{DATASET_ID})", DATASET_ID, True)
-    source = str(source)
-    path = Path(source).expanduser()
-    if not path.exists() and _HUB_ID.fullmatch(source):
-        return TrainingDataset(source, f"[{source}](https://huggingface.co/datasets/{source})", source, False)
-    local = (path.name or source) + LOCAL_SUFFIX
-    return TrainingDataset(local, f"its own stories, `{path.name or source}` (local files)", None, False)
-
-
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-
-
 def folder_sample_settings(model_dir: Path, config: dict) -> GenerationSettings:
-    """The sampling settings of the folder's `generation_config.json` (what `generate()` uses by default), with the
-    seed of `QUALITY_SETTINGS`; its settings where the folder has none. `max_new_tokens` fits the context."""
+    """`QUALITY_SETTINGS` resolved from the folder's `generation_config.json` (what `generate()` uses by default;
+    greedy where the folder has none), with `max_new_tokens` fitting the context after the start token."""
     saved = _read_json(model_dir / "generation_config.json", required=False) or {}
-    settings = QUALITY_SETTINGS
-    if saved:
-        sampling = saved.get("do_sample", False)
-        settings = replace(
-            settings,
-            max_new_tokens=saved.get("max_new_tokens") or settings.max_new_tokens,
-            temperature=saved.get("temperature", 1.0) if sampling else 0.0,
-            top_k=saved.get("top_k", 50) if sampling else settings.top_k,
-            top_p=saved.get("top_p", 1.0) if sampling else settings.top_p,
-            repetition_penalty=saved.get("repetition_penalty", 1.0),
-        )
     context = config.get("max_position_embeddings") or 10**9
+    settings = QUALITY_SETTINGS.resolved(GenerationConfig.from_dict(saved), context - 1)
     return replace(settings, max_new_tokens=min(settings.max_new_tokens, context - 1))
 
 
@@ -294,7 +255,7 @@ def check_model_card(path: str | os.PathLike) -> list[str]:
     for dataset_type in sorted({result.dataset_type for result in card.data.eval_results or []}):
         if datasets and dataset_type not in datasets:
             problems.append(f"the model-index reports on '{dataset_type}', which datasets {datasets} lacks")
-        elif not datasets and _HUB_ID.fullmatch(dataset_type or ""):
+        elif not datasets and HUB_ID.fullmatch(dataset_type or ""):
             problems.append(f"the model-index reports on the Hub dataset '{dataset_type}': list it in datasets")
     reported = {result.metric_type: result.metric_value for result in card.data.eval_results or []}
     for metric_type, _, _ in METRICS:

@@ -4,14 +4,11 @@ Reading order: normalisation, positions (rotary or learned), attention, feed-for
 with residual connections, then the `PreTrainedModel` classes (`SLMModel`, the backbone, and `SLMForCausalLM`,
 backbone + language-model head).
 
-This file is copied next to the weights by ``save_pretrained`` (remote code), so it imports only torch,
-transformers and its sibling ``configuration_slm``: never ``slm_hf`` itself.
-
-What lives here is what a user of the Hub repository needs without ``slm_hf`` (the Space loads the model as remote
-code): the architecture, its loss and its generation hooks. So the chunked cross-entropy (``causal_lm_loss``, the
-model's own loss, also when fine-tuned elsewhere) and the int8 inference copy (``quantize_int8``, how the Space
-generates fast on a CPU) stay here. How to train, the CPU precision policy included (bf16 compute weights with fp32
-master weights), is slm_hf's business: slm_hf/training/precision.py.
+This file holds the architecture; its loss (`loss_slm.causal_lm_loss`, a chunked cross-entropy) and its int8
+inference copy (`int8_slm`) live in sibling files. ``save_pretrained`` copies this file and its siblings next to the
+weights (remote code: a Hub user loads the model with ``trust_remote_code=True`` and no ``slm_hf``), so they import
+only torch, transformers and each other: never ``slm_hf`` itself. How to train, the CPU precision policy included,
+is slm_hf's business (slm_hf/training/).
 """
 
 from collections.abc import Callable
@@ -29,6 +26,8 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_slm import SLMConfig
+from .int8_slm import convert_linear_layers, is_converted
+from .loss_slm import causal_lm_loss
 
 
 # --------------------------------------------------------------------------------------------- normalisation
@@ -143,9 +142,6 @@ class SLMAttention(nn.Module):
         self.qkv_proj = nn.Linear(config.hidden_size, qkv_size, bias=config.bias)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=config.bias)
         self.o_proj.is_residual_projection = True
-        if config.qk_norm:
-            self.q_norm = SLMRMSNorm(self.head_dim, eps=config.norm_eps)
-            self.k_norm = SLMRMSNorm(self.head_dim, eps=config.norm_eps)
 
     def forward(
         self,
@@ -159,9 +155,6 @@ class SLMAttention(nn.Module):
         qkv = self.qkv_proj(hidden_states).view(batch, seq, -1, self.head_dim)
         queries_and_keys = self.num_heads + self.num_key_value_heads
         query_key = qkv[:, :, :queries_and_keys]
-        if self.config.qk_norm:
-            query, key = query_key.split([self.num_heads, self.num_key_value_heads], dim=2)
-            query_key = torch.cat([self.q_norm(query), self.k_norm(key)], dim=2)
         if self.use_rotary:  # queries and keys turn together: one rotation for both
             cos, sin = position_embeddings
             query_key = apply_rotary(query_key, cos, sin)
@@ -201,12 +194,11 @@ class SLMAttention(nn.Module):
 
 # -------------------------------------------------------------------------------------------- feed-forward
 class SLMMLP(nn.Module):
-    """Feed-forward network: SwiGLU (`down(silu(gate(x)) * up(x))`, gate and up fused), GELU (`down(gelu(up(x)))`)
-    or squared ReLU (`down(relu(up(x))^2)`)."""
+    """Feed-forward network: SwiGLU (`down(silu(gate(x)) * up(x))`, gate and up fused) or GELU (`down(gelu(up(x)))`).
+    """
 
     def __init__(self, config: SLMConfig):
         super().__init__()
-        self.mlp_type = config.mlp_type
         self.gated = config.mlp_type == "swiglu"
         up_size = 2 * config.intermediate_size if self.gated else config.intermediate_size
         self.up_proj = nn.Linear(config.hidden_size, up_size, bias=config.bias)
@@ -217,108 +209,7 @@ class SLMMLP(nn.Module):
         if self.gated:
             gate, up = self.up_proj(hidden_states).chunk(2, dim=-1)
             return self.down_proj(F.silu(gate) * up)
-        if self.mlp_type == "relu2":
-            return self.down_proj(F.relu(self.up_proj(hidden_states)).square())
         return self.down_proj(F.gelu(self.up_proj(hidden_states), approximate="tanh"))
-
-
-# ---------------------------------------------------------------------------------------------------- loss
-class ChunkedCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy of `logits` (tokens, vocab) against `targets` (tokens,), `ignore_index` rows left out.
-
-    The same value as `F.cross_entropy(logits.float(), targets)` (the usual causal-LM loss), computed in fp32 a few
-    hundred rows at a time, so that no fp32 copy of the logits, no log-softmax of them and no zero-filled gradient
-    of their size is ever made: the forward pass keeps one log-sum-exp per row; the backward pass writes
-    `softmax - one_hot` straight into a gradient of the logits' own dtype. The head's logits are the largest tensor
-    a small model makes (tokens x vocabulary): on a CPU this is several times faster than the usual loss.
-    """
-
-    @staticmethod
-    def forward(ctx, logits, targets, ignore_index: int, num_items: torch.Tensor | None, chunk: int):
-        valid = targets != ignore_index
-        safe_targets = torch.where(valid, targets, 0)
-        log_sum_exp = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
-        for start in range(0, logits.shape[0], chunk):
-            log_sum_exp[start : start + chunk] = torch.logsumexp(logits[start : start + chunk].float(), dim=-1)
-        target_logits = logits.gather(1, safe_targets[:, None]).squeeze(1).float()
-        count = valid.sum() if num_items is None else torch.as_tensor(num_items, device=logits.device)
-        count = count.clamp(min=1).float()
-        ctx.save_for_backward(logits, safe_targets, valid, log_sum_exp, count)
-        ctx.chunk = chunk
-        return ((log_sum_exp - target_logits) * valid).sum() / count
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        logits, targets, valid, log_sum_exp, count = ctx.saved_tensors
-        row_scale = valid * (grad_output / count)  # 0 on ignored rows
-        grad = torch.empty_like(logits)
-        for start in range(0, logits.shape[0], ctx.chunk):
-            rows = slice(start, start + ctx.chunk)
-            probs = (logits[rows].float() - log_sum_exp[rows, None]).exp_()  # out of place: fp32 logits stay
-            probs[torch.arange(probs.shape[0], device=probs.device), targets[rows]] -= 1
-            grad[rows] = probs.mul_(row_scale[rows, None])
-        return grad, None, None, None, None
-
-
-def causal_lm_loss(
-    logits: torch.Tensor,
-    labels: torch.Tensor | None = None,
-    vocab_size: int | None = None,
-    num_items_in_batch: torch.Tensor | None = None,
-    ignore_index: int = -100,
-    shift_labels: torch.Tensor | None = None,
-    chunk: int | None = None,
-    **kwargs,
-) -> torch.Tensor:
-    """transformers' causal-LM loss (`ForCausalLMLoss`: the same arguments; `labels` are shifted by one, `shift_labels`
-    are not), computed by `ChunkedCrossEntropy`, `chunk` rows at a time.
-
-    By default 256 rows on a CPU (they stay in its caches) and 64M logits elsewhere: a GPU wants few, large kernels,
-    and its kernel launches, not its memory, are what many small chunks would cost. Under `torch.compile` (when a
-    caller compiles this function) it is plain `F.cross_entropy` of the fp32 logits instead: the
-    compiler fuses the cast, the log-softmax and its gradient into one pass over the logits each way.
-    """
-    if shift_labels is None:
-        shift_labels = F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
-    logits, targets = logits.reshape(-1, logits.shape[-1]), shift_labels.reshape(-1).to(logits.device)
-    if torch.compiler.is_compiling():
-        count = (targets != ignore_index).sum() if num_items_in_batch is None else num_items_in_batch
-        loss = F.cross_entropy(logits.float(), targets, ignore_index=ignore_index, reduction="sum")
-        return loss / torch.as_tensor(count, device=loss.device).clamp(min=1)
-    if chunk is None:
-        chunk = 256 if logits.device.type == "cpu" else max(256, 2**26 // logits.shape[-1])
-    return ChunkedCrossEntropy.apply(logits, targets, ignore_index, num_items_in_batch, chunk)
-
-
-# ---------------------------------------------------------------------------------------- int8 inference
-class SLMInt8Linear(nn.Module):
-    """Inference-only stand-in for an `nn.Linear`: int8 weights with one scale per output row.
-
-    At batch size 1 a decoding step reads every weight once for a few multiply-adds each, so its time is memory
-    traffic: int8 weights are 4x fewer bytes than fp32 (and fit a CPU's last-level cache). On a CPU the product runs
-    in one kernel, `torch._weight_int8pack_mm`, on bf16 activations (the input is cast to bf16 and the output back to
-    the input's dtype; the kernel needs `in_features` to be a multiple of 16, it computes wrong numbers otherwise).
-    Elsewhere the weight is dequantized on the fly.
-    """
-
-    def __init__(self, linear: nn.Linear):
-        super().__init__()
-        weight = linear.weight.detach().float()
-        scales = weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0
-        self.register_buffer("weight_int8", torch.round(weight / scales[:, None]).to(torch.int8))
-        self.register_buffer("scales", scales.to(torch.bfloat16))
-        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.use_kernel = self.in_features % 16 == 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and self.use_kernel:
-            flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
-            output = torch._weight_int8pack_mm(flat, self.weight_int8, self.scales).to(x.dtype)
-            output = output.view(*x.shape[:-1], self.out_features)
-        else:
-            output = F.linear(x, self.weight_int8.to(x.dtype) * self.scales[:, None].to(x.dtype))
-        return output if self.bias is None else output + self.bias
 
 
 # ------------------------------------------------------------------------------------------------- block
@@ -398,7 +289,7 @@ class SLMPreTrainedModel(PreTrainedModel):
     _can_compile_fullgraph = True
 
     def save_pretrained(self, *args, **kwargs):
-        if any(isinstance(module, SLMInt8Linear) for module in self.modules()):
+        if is_converted(self):
             raise ValueError(
                 "This model was converted with quantize_int8() for inference and cannot be saved: save (or push) the "
                 "model before converting it, and convert it again after loading."
@@ -410,16 +301,12 @@ class SLMPreTrainedModel(PreTrainedModel):
         return super().save_pretrained(*args, **kwargs)
 
     def _init_weights(self, module: nn.Module):
-        """GPT-2 initialisation: N(0, initializer_range), residual projections scaled by 1/sqrt(2 * layers) (or zero,
-        with `zero_init_residual`)."""
+        """GPT-2 initialisation: N(0, initializer_range), residual projections scaled by 1/sqrt(2 * layers)."""
         std = self.config.initializer_range
         if isinstance(module, nn.Linear):
             residual = getattr(module, "is_residual_projection", False)
-            if residual and self.config.zero_init_residual:
-                init.zeros_(module.weight)
-            else:
-                init.normal_(module.weight, mean=0.0, std=std / (2 * self.config.num_hidden_layers) ** 0.5 if residual
-                             else std)
+            init.normal_(module.weight, mean=0.0, std=std / (2 * self.config.num_hidden_layers) ** 0.5 if residual
+                         else std)
             if module.bias is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
@@ -550,21 +437,15 @@ class SLMForCausalLM(SLMPreTrainedModel, GenerationMixin):
         self.loss_function = causal_lm_loss  # transformers' hook: any function with ForCausalLMLoss's arguments
         self.post_init()
 
-    @torch.no_grad()
     def quantize_int8(self) -> "SLMForCausalLM":
         """Convert this model, in place, for fast CPU inference: int8 weights in every linear layer (the attention and
         feed-forward projections and the language-model head); embeddings, norms and activations keep their dtype.
 
         A fast way to run `generate()` on a CPU (BENCHMARKS.md, "Generation speed"; its accuracy against fp32 was
         measured on the 288 x 6 shape of earlier sessions: bench/results/BENCHMARKS_handwritten_until_c74a0be.md).
-        Inference only: the converted model cannot be trained or saved.
+        Inference only: the converted model cannot be trained or saved (`int8_slm`).
         """
-        self.eval()
-        linears = [(parent, name, child) for parent in self.modules() for name, child in parent.named_children()
-                   if isinstance(child, nn.Linear)]
-        for parent, name, child in linears:
-            setattr(parent, name, SLMInt8Linear(child))
-        return self
+        return convert_linear_layers(self)
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")  # as LlamaForCausalLM
     def forward(
@@ -599,8 +480,6 @@ class SLMForCausalLM(SLMPreTrainedModel, GenerationMixin):
             **kwargs,
         )
         logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
-        if self.config.logit_softcap is not None:
-            logits = self.config.logit_softcap * torch.tanh(logits / self.config.logit_softcap)
 
         loss = None
         if labels is not None or shift_labels is not None:
@@ -614,4 +493,4 @@ class SLMForCausalLM(SLMPreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache)
 
 
-__all__ = ["SLMPreTrainedModel", "SLMModel", "SLMForCausalLM", "SLMInt8Linear"]
+__all__ = ["SLMPreTrainedModel", "SLMModel", "SLMForCausalLM"]

@@ -21,7 +21,8 @@ QUALITY_PROMPTS = (
     "There was a big red ball",
     "Mom said, \"",
 )
-QUALITY_SETTINGS = GenerationSettings(max_new_tokens=200, temperature=0.8, top_k=50, top_p=1.0, seed=0)
+# Seeded; sampled as the model's generation_config.json says (what its users get by default).
+QUALITY_SETTINGS = GenerationSettings(seed=0)
 
 _WORD = re.compile(r"[a-z0-9']+")
 
@@ -66,6 +67,7 @@ def story_quality(
     `mean_new_tokens`, `mean_words`, `repetition_4` (mean share of repeated word 4-grams within a story),
     `distinct_1/2/3` (unique / total word n-grams over all stories).
     """
+    settings = settings.for_model(model)
     samples = []
     for prompt in prompts:
         for ids in generate_ids(model, tokenizer, prompt, settings):

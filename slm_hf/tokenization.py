@@ -5,7 +5,7 @@ holds for any text (accents, emoji, tabs, runs of spaces, newlines): nothing is 
 The one special token, ``<|endoftext|>``, gets id 0 and serves as end of story, beginning of sequence and padding,
 the GPT-2 convention. Padding is on the left, so that batched generation continues every prompt from its last token.
 
-    tokenizer = train_tokenizer(stories, vocab_size=4096)
+    tokenizer = train_tokenizer(stories)                     # DEFAULT_VOCAB_SIZE tokens
     save_tokenizer(tokenizer, "data/sample/tokenizer")
     tokenizer = load_tokenizer("data/sample/tokenizer")      # or a Hub id, e.g. "gpt2"
 """
@@ -21,6 +21,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from .configuration_slm import DEFAULT_VOCAB_SIZE
 from .errors import SLMError
 
 EOS_TOKEN = "<|endoftext|>"
@@ -33,7 +34,7 @@ _PORTABLE_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
 
 def train_tokenizer(
     texts: Iterable[str],
-    vocab_size: int = 4096,
+    vocab_size: int = DEFAULT_VOCAB_SIZE,
     *,
     min_frequency: int = 2,
     length: int | None = None,
@@ -92,7 +93,7 @@ def check_vocab_size(vocab_size: int) -> None:
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < MIN_VOCAB_SIZE:
         raise SLMError(
             f"vocab size {vocab_size!r} is too small: a byte-level tokenizer needs at least {MIN_VOCAB_SIZE} "
-            f"tokens (256 byte values + {len(SPECIAL_TOKENS)} special); try --vocab-size 4096"
+            f"tokens (256 byte values + {len(SPECIAL_TOKENS)} special); try --vocab-size {DEFAULT_VOCAB_SIZE}"
         )
 
 

@@ -107,8 +107,13 @@ def test_stories_told_at_once_are_each_the_greedy_story_of_generate(teller, fina
         assert len(steps) > 3  # streamed
 
 
+def test_the_sliders_start_at_the_model_generation_config(teller):
+    saved = teller.model.generation_config  # training wrote the story sampling there
+    assert teller.slider_values() == (saved.max_new_tokens, saved.temperature, saved.top_k)
+
+
 def test_the_int8_story_teller_tells_stories(final, teller):
-    from slm_hf.modeling_slm import SLMInt8Linear
+    from slm_hf.int8_slm import SLMInt8Linear
 
     with _load_app_module().StoryTeller.load(str(final), int8=True) as int8:
         (steps,) = told(int8, (PROMPT, 10, 0.8, 50))
@@ -177,6 +182,9 @@ def test_a_full_queue_refuses_a_request_with_a_clear_message_and_serves_the_othe
 
     class GatedTeller:
         max_stories = 1
+
+        def slider_values(self):
+            return teller.slider_values()
 
         async def tell(self, *args):
             await asyncio.to_thread(gate.wait, 120)

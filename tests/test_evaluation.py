@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from transformers import GenerationConfig
 
 from share_fixtures import REPO, SAMPLE_VALID, data_folder, offline_env, trained_run
 from slm_hf.errors import SLMError
@@ -192,6 +193,23 @@ def test_generation_settings_are_validated():
         GenerationSettings(top_p=0)
     with pytest.raises(SLMError, match="max_new_tokens"):
         GenerationSettings(max_new_tokens=0)
+
+
+def test_sampling_knobs_left_unset_are_the_model_generation_config(loaded):
+    """generation_config.json (written by training) is the one place a model's sampling defaults are decided."""
+    model, tokenizer = loaded
+    saved = model.generation_config
+    assert saved.do_sample and saved.temperature and saved.top_k and saved.top_p  # training wrote them
+    unset = GenerationSettings(max_new_tokens=20, seed=5)
+    resolved = unset.for_model(model)
+    assert (resolved.temperature, resolved.top_k, resolved.top_p) == (saved.temperature, saved.top_k, saved.top_p)
+    assert GenerationSettings().for_model(model).max_new_tokens == saved.max_new_tokens
+    explicit = GenerationSettings(max_new_tokens=20, seed=5, temperature=saved.temperature, top_k=saved.top_k,
+                                  top_p=saved.top_p)
+    assert generate_ids(model, tokenizer, "Tom", unset) == generate_ids(model, tokenizer, "Tom", explicit)
+    # A folder whose generation_config does not sample is decoded greedily, as generate() itself would.
+    assert GenerationSettings().resolved(GenerationConfig(), context=64) == GenerationSettings(
+        max_new_tokens=64, temperature=0.0, top_k=0, top_p=1.0, repetition_penalty=1.0)
 
 
 def test_generation_stays_inside_the_context(loaded):

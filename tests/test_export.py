@@ -223,9 +223,6 @@ def test_exports_refuse_what_a_llama_cannot_express(final, tmp_path, run_script)
     for number, (change, words) in enumerate((
         ({"position_embedding_type": "learned"}, "learned absolute positions"),
         ({"norm_type": "layernorm"}, "LayerNorm"),
-        ({"mlp_type": "relu2"}, "squared-ReLU feed-forward network"),
-        ({"qk_norm": True}, "normalised queries and keys"),
-        ({"logit_softcap": 30.0}, "soft-capped logits"),
         ({"mlp_type": "gelu", "bias": True}, "GELU feed-forward network .*and biases"),
     )):
         folder = tmp_path / f"model-{number}"
@@ -237,6 +234,12 @@ def test_exports_refuse_what_a_llama_cannot_express(final, tmp_path, run_script)
             with pytest.raises(SLMError, match=f"^this model cannot be exported to {target}: it uses .*{words}"):
                 export_model(folder, target, tmp_path / "out")
             assert not (tmp_path / "out").exists()
+    dropped = tmp_path / "model-dropped"  # saved by an earlier version with an option since dropped, switched on
+    shutil.copytree(final, dropped)
+    config = json.loads((dropped / "config.json").read_text())
+    (dropped / "config.json").write_text(json.dumps({**config, "qk_norm": True}))
+    with pytest.raises(SLMError, match=r"config.json: SLMConfig.qk_norm=True is an option slm_hf dropped"):
+        export_model(dropped, "llama", tmp_path / "out")
     done = run_script("export.py", "--model", folder, "--to", "gguf", "--out", tmp_path / "out")
     assert done.returncode == 2, done.stderr
     (line,) = done.stderr.strip().splitlines()  # one line, no traceback

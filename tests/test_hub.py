@@ -22,6 +22,8 @@ EXPECTED_FILES = [
     "config.json",
     "configuration_slm.py",
     "generation_config.json",
+    "int8_slm.py",
+    "loss_slm.py",
     "model.safetensors",
     "modeling_slm.py",
     "tokenizer.json",
@@ -159,6 +161,9 @@ def test_a_training_run_or_an_incomplete_folder_is_refused(run, folder):
         push_to_hub(run, "someone/slm-test", dry_run=True, update_card=False)
     (folder / "tokenizer.json").unlink()
     with pytest.raises(SLMError, match="missing tokenizer.json"):
+        push_to_hub(folder, "someone/slm-test", dry_run=True, update_card=False)
+    (folder / "loss_slm.py").unlink()  # a sibling of modeling_slm.py: transformers would not find the model's loss
+    with pytest.raises(SLMError, match=r"missing tokenizer.json, loss_slm.py \(imported by modeling_slm.py\)"):
         push_to_hub(folder, "someone/slm-test", dry_run=True, update_card=False)
     with pytest.raises(SLMError, match="user/model-name"):
         push_to_hub(folder, "no-slash", dry_run=True)

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from ..errors import SLMError
-from ..tokenization import check_vocab_size
+from ..tokenization import DEFAULT_VOCAB_SIZE, check_vocab_size
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class DataOptions:
         min_frequency: a pair must occur this often to be merged during tokenizer training.
     """
 
-    vocab_size: int = 4096
+    vocab_size: int = DEFAULT_VOCAB_SIZE
     tokenizer: str | None = None
     text_column: str = "text"
     val_fraction: float = 0.05

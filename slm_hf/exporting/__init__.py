@@ -7,8 +7,8 @@
 Our architecture with its default settings (rotary positions, RMSNorm, SwiGLU, no biases) is mathematically a
 Llama: the same half-rotation rotary embedding, the same normalisation and feed-forward network. Only the weights
 are laid out differently (one fused query/key/value projection, one fused gate/up projection), so every export goes
-through `to_llama.llama_state_dict`, and models that a Llama cannot express (learned positions, LayerNorm, a GELU or
-squared-ReLU feed-forward network, biases, QK-norm, soft-capped logits) are refused in one line by `to_llama.check_llama_compatible`.
+through `to_llama.llama_state_dict`, and models that a Llama cannot express (learned positions, LayerNorm, a GELU
+feed-forward network, biases) are refused in one line by `to_llama.check_llama_compatible`.
 """
 
 from __future__ import annotations

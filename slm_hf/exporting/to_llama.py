@@ -45,10 +45,8 @@ _LLAMA_REQUIREMENTS = (
     ("norm_type", "rmsnorm", "LayerNorm (Llama normalises with RMSNorm)"),
     ("mlp_type", "swiglu", "a {value} feed-forward network (Llama's is SwiGLU)"),
     ("bias", False, "biases in the linear layers (Llama has none)"),
-    ("qk_norm", False, "normalised queries and keys (Llama has no QK-norm)"),
-    ("logit_softcap", None, "soft-capped logits (Llama's are not capped)"),
 )
-_FEED_FORWARD_NAMES = {"gelu": "GELU", "relu2": "squared-ReLU"}
+_FEED_FORWARD_NAMES = {"gelu": "GELU"}
 # Files of the source folder that the export carries over as they are.
 _CARRIED_FILES = ("training_results.json", "loss_curve.png", "train_config.yaml")
 # The oldest transformers the folder is meant for (LlamaConfig's fields used here all exist there).
@@ -69,6 +67,10 @@ def read_slm_config(model_dir: str | os.PathLike) -> dict[str, Any]:
         raise SLMError(f"{path} is not valid JSON: {error}") from None
     if config.get("model_type") != "slm":
         raise SLMError(f"{folder} holds a {config.get('model_type')!r} model; only SLM models are exported")
+    try:  # what the installed model cannot be built from (an option since dropped, a bad value) is refused here
+        SLMConfig(**config)
+    except ValueError as error:
+        raise SLMError(f"{path}: {error}") from None
     return config
 
 
@@ -95,8 +97,8 @@ def check_llama_compatible(config: dict[str, Any], target: str = "llama") -> Non
     if problems:
         raise SLMError(
             f"this model cannot be exported to {target}: it uses {' and '.join(problems)}; only models with rotary "
-            f"positions, RMSNorm, a SwiGLU feed-forward network, no biases, no QK-norm and no logit soft-capping (the "
-            f"default architecture) are Llama-compatible"
+            f"positions, RMSNorm, a SwiGLU feed-forward network and no biases (the default architecture) are "
+            f"Llama-compatible"
         )
 
 
