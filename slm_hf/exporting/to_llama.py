@@ -35,7 +35,7 @@ from safetensors.torch import save_file
 from ..atomic_files import check_can_create
 from ..configuration_slm import SLMConfig
 from ..errors import SLMError, folder_problem
-from ..generation import quiet_progress_bars
+from ..progress import quiet_progress_bars
 from ..model_card import default_model_name, write_model_card
 from ..modeling_slm import SLMForCausalLM
 

@@ -1,5 +1,5 @@
 """`train()`: check the inputs and decide what the run is (data, processes, precision, where to resume) writing
-nothing, take the output folder's lock, then start, train and export (start.py, loop.py)."""
+nothing, take the output folder's lock, then hand the run to the `Trainer` (trainer.py)."""
 
 from __future__ import annotations
 
@@ -24,11 +24,10 @@ from ..progress import TrainingProgress
 from ..run_lock import RunLock
 from ..tokenization import load_tokenizer, tokenizer_sha256
 from ..training_config import TrainingConfig
-from .loop import train_and_export
 from .outputs import Resume, plan_output, prepare_output_dir
 from .precision import Precision, resolve_precision
-from .start import RunSetup, start
 from .state import TrainingOutcome
+from .trainer import RunSetup, Trainer
 
 
 def train(
@@ -57,8 +56,7 @@ def train(
     decide_on_main(setup.distributed, lock.acquire)  # one run per output folder
     try:
         prepare_output_dir(setup.out_dir, overwrite, setup.distributed)
-        run, state = start(setup, model_factory)
-        return train_and_export(run, state)
+        return Trainer(setup, model_factory).fit()
     finally:
         setup.progress.close()  # before any error line: never printed after a half-drawn bar
         if setup.distributed.is_main_process:
