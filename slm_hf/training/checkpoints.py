@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
-from ..atomic_files import write_json
+from ..atomic_files import STAGING_PREFIX, replace_folder, write_json
 from ..training_config import TrainingConfig
-from .folders import out_of_space_is_an_error, remove_dir, replace_dir
+from .folders import out_of_space_is_an_error, remove_dir
 from .state import TrainingState
 
 CHECKPOINT_NAME = re.compile(r"^step_(\d{7})$")
@@ -46,7 +46,7 @@ def save_checkpoint(
     lack of space raises `SLMError`, leaving the earlier checkpoints as they were.
     """
     final = checkpoint_path(out_dir, state.step)
-    temporary = final.with_name(f".tmp-{final.name}")
+    temporary = final.with_name(f"{STAGING_PREFIX}{final.name}")
     with out_of_space_is_an_error(f"cannot save checkpoint {final}", temporary, accelerator.is_main_process):
         if accelerator.is_main_process and temporary.exists():
             shutil.rmtree(temporary)
@@ -58,7 +58,7 @@ def save_checkpoint(
             accelerator.unwrap_model(model).config.save_pretrained(temporary)
             write_json(temporary / STATE_FILE, state.to_json())
             write_json(temporary / MANIFEST_FILE, {"files": _file_digests(temporary)})
-            replace_dir(temporary, final)
+            replace_folder(temporary, final)
             for old in list_checkpoints(out_dir)[: -config.keep_last]:
                 remove_dir(old)
     accelerator.wait_for_everyone()

@@ -22,14 +22,14 @@ from typing import Any
 import torch
 from accelerate import Accelerator, PartialState
 
-from ..atomic_files import write_json
+from ..atomic_files import STAGING_PREFIX, replace_folder, write_json
 from ..errors import SLMError, folder_problem
 from ..model_card import default_model_name, write_model_card
 from ..progress import quiet_progress_bars
 from ..tokenization import save_tokenizer
 from ..training_config import TrainingConfig
 from .checkpoints import checkpoint_problem, latest_checkpoint, read_checkpoint
-from .folders import out_of_space_is_an_error, remove_dir, remove_leftovers, replace_dir
+from .folders import out_of_space_is_an_error, remove_dir, remove_leftovers
 from .state import BatchShape, TrainingState
 
 # Outputs of a run: what `--overwrite` removes and what makes a folder "hold a run".
@@ -160,7 +160,7 @@ def export_model(
     """
     state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
-        temporary = directory.with_name(f".tmp-{directory.name}")
+        temporary = directory.with_name(f"{STAGING_PREFIX}{directory.name}")
         with out_of_space_is_an_error(f"cannot write the model folder {directory}", temporary):
             if temporary.exists():
                 shutil.rmtree(temporary)
@@ -173,7 +173,7 @@ def export_model(
                 shutil.copy2(loss_curve, temporary / "loss_curve.png")
             if model_card:
                 write_card(temporary, named_as=directory)
-            replace_dir(temporary, directory)
+            replace_folder(temporary, directory)
     accelerator.wait_for_everyone()
     return directory
 
