@@ -82,7 +82,7 @@ def child_train(data: str, out: str, steps: int) -> None:
     from slm_hf.training import Trainer
     from slm_hf.training.outputs import prepare_output_dir
     from slm_hf.training.run import plan_run
-    from slm_hf.training_config import TrainingConfig
+    from slm_hf.training.config import TrainingConfig
 
     torch.set_num_threads(1)
     config = TrainingConfig.load(TINY, [f"max_steps={steps}", f"eval_interval={steps}", "sample_tokens=0",

@@ -68,7 +68,7 @@ from slm_hf.evaluation import evaluate_data_folder  # noqa: E402
 from slm_hf.generation import load_pretrained  # noqa: E402
 from slm_hf.training import train  # noqa: E402
 from slm_hf.training.metrics import save_figure  # noqa: E402
-from slm_hf.training_config import TrainingConfig  # noqa: E402
+from slm_hf.training.config import TrainingConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SHARED_DATA = ROOT.parent / "shared" / "data" / "tinystories"

@@ -122,7 +122,7 @@ def check_accelerate_config(path: Path) -> None:
 
 def check_train_config(config: Path, overrides: list[str]) -> None:
     """Parse a training config with its overrides as scripts/train.py does (a bad key or value raises SLMError)."""
-    from slm_hf.training_config import TrainingConfig
+    from slm_hf.training.config import TrainingConfig
 
     TrainingConfig.load(config, overrides)
 
@@ -333,7 +333,7 @@ def profile_step(out: Path, config_path: Path, warmup: int = 15, steps: int = 5,
 
     from slm_hf import SLMForCausalLM
     from slm_hf.training import BatchShape, TokenWindows, build_optimizer, compile_layers_and_loss, optimizer_step
-    from slm_hf.training_config import TrainingConfig
+    from slm_hf.training.config import TrainingConfig
 
     config, model_config = TrainingConfig.load(config_path).resolved(vocab_size=4096, eos_token_id=0)
     shape = BatchShape(config.batch_size, config.gradient_accumulation_steps, processes=1,
@@ -378,7 +378,7 @@ def overflow_train(spec: dict) -> None:
     """scripts/train.py's run, its model's loss multiplied by OVERFLOW_FACTOR at update `overflow_at` (if any)."""
     from slm_hf import SLMForCausalLM
     from slm_hf.training import train
-    from slm_hf.training_config import TrainingConfig
+    from slm_hf.training.config import TrainingConfig
 
     class OverflowOnce(SLMForCausalLM):
         calls = 0
@@ -441,7 +441,7 @@ def main(argv=None) -> int:
 
     from machine import model_shape, write_results
 
-    from slm_hf.training_config import TrainingConfig
+    from slm_hf.training.config import TrainingConfig
 
     cuda = torch.cuda.is_available()
     skipped = "skipped: --dry-run" if args.dry_run else None if cuda else "skipped: no CUDA"

@@ -113,7 +113,7 @@ SHAPE_NAMES = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_k
 
 def cpu_demo_shape(config_path: Path = CPU_DEMO_CONFIG):
     """(TrainingConfig, SLMConfig) of the benchmarked shape: the cpu-demo preset's model and batch, vocabulary 4096."""
-    from slm_hf.training_config import TrainingConfig
+    from slm_hf.training.config import TrainingConfig
 
     config = TrainingConfig.load(config_path)
     return config, config.model_config(vocab_size=BENCH_VOCAB_SIZE, eos_token_id=0)

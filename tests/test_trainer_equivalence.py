@@ -27,7 +27,7 @@ def losses_of(data_dir: Path, out_dir: Path) -> dict:
     import torch
 
     from slm_hf.training import train
-    from slm_hf.training_config import TrainingConfig
+    from slm_hf.training.config import TrainingConfig
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the same reductions whatever the machine's cores

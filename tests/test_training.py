@@ -34,7 +34,7 @@ from slm_hf.training import (
     latest_checkpoint,
     list_checkpoints,
 )
-from slm_hf.training_config import TrainingConfig
+from slm_hf.training.config import TrainingConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = ROOT / "scripts" / "train.py"

@@ -9,7 +9,7 @@ No `transformers.Trainer`: every step is here. Reading order:
 - `trainer`: the `Trainer`, which builds the model, optimizer and batches, owns the run's state, and trains top to
   bottom, then writes the model folders.
 
-What it calls: `state` (the batch shape, what checkpoints persist), `optim` (schedule, optimizer, one update),
+What they use: `config` (`TrainingConfig`, the YAML config), `launchers` and `run_lock` (checked by `run`), `state` (the batch shape, what checkpoints persist), `optim` (schedule, optimizer, one update),
 `batches` (training windows), `validation` (the losses at a step), `precision` (its choice, master weights),
 `compiling`, `budget` (max_minutes), `checkpoints`, `outputs` (the run's folder, where to resume, the exported
 model folders), `metrics` (metrics.jsonl, the trackers, the loss curve), `signals` (SIGINT / SIGTERM), `folders`

@@ -10,7 +10,7 @@ import torch
 
 from ..data import load_tokens
 from ..errors import SLMError
-from ..training_config import TrainingConfig
+from .config import TrainingConfig
 from .state import BatchShape
 
 # The random stream of each use of the windows: training, validation batches, training-split evaluation batches.

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from ..training_config import TrainingConfig
+from .config import TrainingConfig
 
 
 class TimeBudget:

@@ -19,7 +19,7 @@ import torch
 from accelerate import Accelerator
 
 from ..atomic_files import STAGING_PREFIX, replace_folder, write_json
-from ..training_config import TrainingConfig
+from .config import TrainingConfig
 from .folders import out_of_space_is_an_error, remove_dir
 from .state import TrainingState
 

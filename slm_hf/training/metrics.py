@@ -10,7 +10,7 @@ from typing import Any
 from accelerate import Accelerator
 
 from ..atomic_files import atomic_path, write_text
-from ..training_config import TrainingConfig
+from .config import TrainingConfig
 
 
 class MetricsLog:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from accelerate import Accelerator
 
-from ..training_config import TrainingConfig
+from .config import TrainingConfig
 from .precision import MasterWeights
 
 

@@ -27,7 +27,7 @@ from ..errors import SLMError, folder_problem
 from ..model_card import default_model_name, write_model_card
 from ..progress import quiet_progress_bars
 from ..tokenization import save_tokenizer
-from ..training_config import TrainingConfig
+from .config import TrainingConfig
 from .checkpoints import checkpoint_problem, latest_checkpoint, read_checkpoint
 from .folders import out_of_space_is_an_error, remove_dir, remove_leftovers
 from .state import BatchShape, TrainingState

@@ -19,11 +19,11 @@ from transformers import PreTrainedModel
 from ..configuration_slm import SLMConfig
 from ..data import read_meta
 from ..errors import SLMError
-from ..launchers import Launch, cpu_threads, process_count_problem, wants_cpu_processes
+from .launchers import Launch, cpu_threads, process_count_problem, wants_cpu_processes
 from ..progress import TrainingProgress
-from ..run_lock import RunLock
+from .run_lock import RunLock
 from ..tokenization import load_tokenizer, tokenizer_sha256
-from ..training_config import TrainingConfig
+from .config import TrainingConfig
 from .outputs import Resume, plan_output, prepare_output_dir
 from .precision import Precision, resolve_precision
 from .state import TrainingOutcome
@@ -88,7 +88,7 @@ def plan_run(
     data_summary = summarize_data(meta, tokenizer)
 
     # Processes, threads, device and precision: Accelerate's shared state first (the device decides the precision).
-    # The launcher's choices are checked first: see slm_hf/launchers.py.
+    # The launcher's choices are checked first: see slm_hf/training/launchers.py.
     launch = Launch.detect()
     threads, threads_note = cpu_threads(launch)
     if threads is not None:

@@ -28,10 +28,10 @@ from transformers import GenerationConfig, PreTrainedModel
 
 from ..atomic_files import copy_file
 from ..configuration_slm import SLMConfig
-from ..launchers import Launch, engine_warning
+from .launchers import Launch, engine_warning
 from ..modeling_slm import SLMForCausalLM
 from ..progress import TrainingProgress
-from ..training_config import TrainingConfig
+from .config import TrainingConfig
 from .batches import TrainingBatches
 from .budget import TimeBudget
 from .checkpoints import save_checkpoint

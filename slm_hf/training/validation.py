@@ -12,7 +12,7 @@ import torch
 from accelerate import Accelerator, DistributedType
 
 from ..evaluation import bits_per_byte
-from ..training_config import TrainingConfig
+from .config import TrainingConfig
 from .batches import evaluation_batches
 
 

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import difflib
 import inspect
-import re
-import types
 import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -28,9 +26,10 @@ from typing import Any
 
 import yaml
 
-from .atomic_files import write_text
-from .configuration_slm import PRESETS, SLMConfig
-from .errors import SLMError
+from ..atomic_files import write_text
+from ..configuration_slm import PRESETS, SLMConfig
+from ..errors import SLMError
+from .config_values import coerce, read_yaml
 
 PRECISIONS = ("auto", "no", "fp16", "bf16")
 TRACKERS = ("none", "tensorboard", "wandb")
@@ -59,28 +58,6 @@ RESUMABLE_KEYS = (
     "compile",
     "gradient_accumulation_steps",  # checked as the global number of micro-batches instead (processes x this)
 )
-
-
-class _ConfigLoader(yaml.SafeLoader):
-    """YAML with only `true` / `false` as booleans (YAML 1.2), so that `mixed_precision: no` stays the string "no".
-
-    YAML 1.1 (PyYAML's default) also reads yes/no/on/off as booleans. Boolean fields still accept those words:
-    `_coerce` converts values to each field's declared type.
-    """
-
-
-_ConfigLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_ConfigLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
-
-
-def read_yaml(text: str) -> Any:
-    """Parse config text (a file, or the value of a `key=value` override) with `_ConfigLoader`."""
-    return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
 def _model_keys() -> list[str]:
@@ -155,7 +132,7 @@ class TrainingConfig:
         hints = typing.get_type_hints(type(self))
         for f in fields(self):
             value = getattr(self, f.name)
-            setattr(self, f.name, _coerce(f.name, value, hints[f.name]))
+            setattr(self, f.name, coerce(f.name, value, hints[f.name]))
         self.model = _check_model_section(self.model)
 
     def _validate(self):
@@ -355,54 +332,8 @@ def _check_model_section(model: Any) -> dict[str, Any]:
                 f"unknown model config key 'model.{key}'"
                 f"{_suggest('model.' + key, _dotted_model_keys() + top_level)}"
             )
-        model[key] = _coerce(f"model.{key}", value, hints.get(key, Any))
+        model[key] = coerce(f"model.{key}", value, hints.get(key, Any))
     return model
-
-
-_BOOLEANS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
-
-
-def _coerce(name: str, value: Any, annotation: Any) -> Any:
-    """Convert `value` to `annotation` (bool, int, float, str, a tuple of floats, or optional thereof)."""
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):  # all our unions are `X | None`
-        if value is None:
-            return None
-        (annotation,) = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
-    try:
-        return _convert(value, annotation)
-    except (TypeError, ValueError):
-        type_name = getattr(annotation, "__name__", str(annotation))
-        raise SLMError(f"{name} must be {type_name}, got {value!r}") from None
-
-
-def _convert(value: Any, annotation: Any) -> Any:
-    if annotation is bool:
-        if isinstance(value, str) and value.lower() in _BOOLEANS:
-            return _BOOLEANS[value.lower()]
-        if not isinstance(value, bool):
-            raise TypeError
-        return value
-    if annotation in (int, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise TypeError
-        if annotation is int and isinstance(value, int):
-            return value
-        number = float(value)
-        if annotation is int and not number.is_integer():
-            raise ValueError
-        return annotation(number)
-    if annotation is str:
-        if not isinstance(value, str):
-            raise TypeError
-        return value
-    if typing.get_origin(annotation) is tuple:
-        if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-            raise TypeError
-        items = tuple(_convert(item, float) for item in value)
-        if len(items) != len(typing.get_args(annotation)):
-            raise ValueError
-        return items
-    return value  # dict, Any
 
 
 __all__ = ["TrainingConfig", "apply_overrides", "PRECISIONS", "TRACKERS"]
