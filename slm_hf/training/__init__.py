@@ -9,11 +9,12 @@ No `transformers.Trainer`: every step is here. Reading order:
 - `trainer`: the `Trainer`, which builds the model, optimizer and batches, owns the run's state, and trains top to
   bottom, then writes the model folders.
 
-What they use: `config` (`TrainingConfig`, the YAML config), `launchers` and `run_lock` (checked by `run`), `state` (the batch shape, what checkpoints persist), `optim` (schedule, optimizer, one update),
-`batches` (training windows), `validation` (the losses at a step), `precision` (its choice, master weights),
-`compiling`, `budget` (max_minutes), `checkpoints`, `outputs` (the run's folder, where to resume, the exported
-model folders), `metrics` (metrics.jsonl, the trackers, the loss curve), `signals` (SIGINT / SIGTERM), `folders`
-(kill-safe folder operations, full disks). See docs/architecture.md.
+What they use: `config` (`TrainingConfig`, the YAML config), `launchers` and `run_lock` (checked by `run`),
+`state` (the batch shape, what checkpoints persist), `optim` (schedule, optimizer, one update), `batches` (training
+windows), `validation` (the losses at a step), `precision` (its choice, master weights), `compiling`, `budget`
+(max_minutes), `checkpoints`, `outputs` (the run's folder, where to resume, the exported model folders), `metrics`
+(metrics.jsonl, the trackers, the loss curve), `signals` (SIGINT / SIGTERM), `folders` (deleting folders, leftovers,
+full disks). See docs/architecture.md.
 
 Several processes (DDP, FSDP, DeepSpeed, several machines) run the same code: see docs/training.md.
 """
