@@ -1,6 +1,6 @@
 """Checkpoints: `checkpoints/step_NNNNNNN/`, each complete or absent, checked against its manifest before a resume.
 
-A checkpoint holds what `accelerator.save_state` writes (model, optimizer, scheduler, loss scaler, every process's
+A checkpoint holds what `accelerator.save_state` writes (model, optimizer, loss scaler, every process's
 random state), training_state.json (`TrainingState`, the batch shape included), train_config.yaml, config.json,
 and manifest.json last: the size and sha256 of every other file.
 """
@@ -38,7 +38,7 @@ def save_checkpoint(
 ) -> Path:
     """Save the full training state into `checkpoints/step_NNNNNNN`, atomically, and keep the last `keep_last`.
 
-    Every process writes into a temporary folder (`save_state` writes the weights, optimizer, scheduler, loss
+    Every process writes into a temporary folder (`save_state` writes the weights, optimizer, loss
     scaler and each process's random state); the main process adds `training_state.json` and the config, then
     `manifest.json` last (the size and sha256 of every file, to detect a damaged copy), and renames the folder into
     place. A checkpoint folder therefore exists only once complete: a kill during the save leaves a `.tmp-` folder
