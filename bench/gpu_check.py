@@ -332,7 +332,14 @@ def profile_step(out: Path, config_path: Path, warmup: int = 15, steps: int = 5,
     from torch.autograd import DeviceType
 
     from slm_hf import SLMForCausalLM
-    from slm_hf.training import BatchShape, TokenWindows, build_optimizer, compile_layers_and_loss, optimizer_step
+    from slm_hf.training import (
+        BatchShape,
+        TokenWindows,
+        TrainingBatches,
+        build_optimizer,
+        compile_layers_and_loss,
+        optimizer_step,
+    )
     from slm_hf.training.config import TrainingConfig
 
     config, model_config = TrainingConfig.load(config_path).resolved(vocab_size=4096, eos_token_id=0)
@@ -348,11 +355,10 @@ def profile_step(out: Path, config_path: Path, warmup: int = 15, steps: int = 5,
     model.train()
     tokens = np.random.default_rng(0).integers(0, model_config.vocab_size, 10_000_000).astype(np.uint16)
     windows = TokenWindows(tokens, shape.block_size, shape.micro_batch_size, seed=0, stream=0)
+    batches = TrainingBatches(windows, shape, rank=0, device=accelerator.device)  # the Trainer's micro-batches
 
     def step(n):
-        batches = [windows.batch(n, micro) for micro in range(shape.accumulation)]
-        batches = [(x.to(accelerator.device), y.to(accelerator.device)) for x, y in batches]
-        return optimizer_step(accelerator, model, optimizer, batches, config.grad_clip)[0]
+        return optimizer_step(accelerator, model, optimizer, batches.of_step(n), config.grad_clip)[0]
 
     for n in range(warmup):
         step(n)

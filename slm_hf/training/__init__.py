@@ -21,7 +21,7 @@ Several processes (DDP, FSDP, DeepSpeed, several machines) run the same code: se
 
 import logging
 
-from .batches import TokenWindows
+from .batches import TokenWindows, TrainingBatches
 from .checkpoints import MANIFEST_FILE, STATE_FILE, checkpoint_problem, latest_checkpoint, list_checkpoints
 from .compiling import compile_layers_and_loss, missing_compiler
 from .metrics import plot_loss_curve
@@ -44,6 +44,7 @@ __all__ = [
     "Schedule",
     "TokenWindows",
     "Trainer",
+    "TrainingBatches",
     "TrainingOutcome",
     "TrainingState",
     "build_optimizer",

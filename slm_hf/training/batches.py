@@ -50,12 +50,18 @@ class TokenWindows:
 
 
 class TrainingBatches:
-    """This process's micro-batches of each step, on its device."""
+    """This process's micro-batches of each step, on its device (the Trainer's, and the benchmarks')."""
 
-    def __init__(self, data_dir: Path, config: TrainingConfig, shape: BatchShape, rank: int, device: torch.device):
-        self.windows = TokenWindows(load_tokens(data_dir, "train"), config.block_size, config.batch_size,
-                                    config.seed, TRAIN_STREAM)
-        self.shape, self.rank, self.device = shape, rank, device
+    def __init__(self, windows: TokenWindows, shape: BatchShape, rank: int, device: torch.device):
+        self.windows, self.shape, self.rank, self.device = windows, shape, rank, device
+
+    @classmethod
+    def of_data(cls, data_dir: Path, config: TrainingConfig, shape: BatchShape, rank: int,
+                device: torch.device) -> TrainingBatches:
+        """The training split of a data folder, in the windows the config asks for."""
+        tokens = load_tokens(data_dir, "train")
+        return cls(TokenWindows(tokens, config.block_size, config.batch_size, config.seed, TRAIN_STREAM), shape, rank,
+                   device)
 
     def of_step(self, step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The micro-batches numbered rank, rank + processes, ... of the step's micro_batches_per_step, so the

@@ -94,8 +94,8 @@ class Trainer:
         self.weights = self.model if self.master is None else self.master.module  # what model folders export
         self.parameters = sum(p.numel() for p in accelerator.unwrap_model(self.model).parameters())
         self.schedule = Schedule.from_config(self.config)
-        self.batches = TrainingBatches(setup.data_dir, self.config, self.shape, accelerator.process_index,
-                                       accelerator.device)
+        self.batches = TrainingBatches.of_data(setup.data_dir, self.config, self.shape, accelerator.process_index,
+                                               accelerator.device)
         self.validation = Validation(setup.data_dir, self.config, accelerator, self.tokenizer,
                                      setup.model_config.bos_token_id, setup.meta["splits"]["val"]["bytes_per_token"])
 
