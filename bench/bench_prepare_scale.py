@@ -79,11 +79,10 @@ def child_train(data: str, out: str, steps: int) -> None:
     started = time.perf_counter()
     import torch
 
-    from slm_hf.training.loop import train_and_export
+    from slm_hf.training import Trainer
     from slm_hf.training.outputs import prepare_output_dir
     from slm_hf.training.run import plan_run
-    from slm_hf.training.start import start
-    from slm_hf.training_config import TrainingConfig
+    from slm_hf.training.config import TrainingConfig
 
     torch.set_num_threads(1)
     config = TrainingConfig.load(TINY, [f"max_steps={steps}", f"eval_interval={steps}", "sample_tokens=0",
@@ -91,13 +90,13 @@ def child_train(data: str, out: str, steps: int) -> None:
     imported = time.perf_counter()
     setup = plan_run(config, data, out, None, False)
     prepare_output_dir(setup.out_dir, False, setup.distributed)
-    run, state = start(setup, None)
+    trainer = Trainer(setup)
     started_run = time.perf_counter()
-    train_and_export(run, state)
+    trainer.fit()
     trained = time.perf_counter()
     print(json.dumps({"imports_s": imported - started, "start_up_s": started_run - imported,
-                      "train_s": trained - started_run, "tokens": state.saved.tokens,
-                      "tokens_per_s": state.saved.tokens / (trained - started_run),
+                      "train_s": trained - started_run, "tokens": trainer.state.tokens,
+                      "tokens_per_s": trainer.state.tokens / (trained - started_run),
                       "train_tokens_in_folder": setup.data_summary["train_tokens"], "peak_rss_mb": peak_rss_mb()}))
 
 

@@ -32,7 +32,7 @@ and a markdown table on stdout; then the runs of this invocation as bench/result
     python bench/bench_quality.py --recipes ours --budgets 10 --tag lr3e-3 --set learning_rate=3e-3 min_lr=3e-4
     python bench/bench_quality.py --report --budgets 10 30 60           # the tables and plot of the runs done
     OMP_NUM_THREADS=1 python bench/bench_quality.py --budgets 0.5 --out /tmp/bq    # a quick check
-    python bench/bench_quality.py --steps 600 --recipes ours --tag muon --set optimizer=muon   # learning per token
+    python bench/bench_quality.py --steps 600 --recipes ours --tag wsd --set lr_schedule=wsd   # learning per token
     python bench/bench_quality.py --budgets 10 --recipes ours --vocab-size 8192 --out runs/bench-quality-8192
 
 `--steps N` trains each run for N optimizer steps instead of N minutes: a comparison of learning per token that a
@@ -69,7 +69,7 @@ from slm_hf.generation import load_pretrained  # noqa: E402
 from slm_hf.training import train  # noqa: E402
 from slm_hf.training.metrics import save_figure  # noqa: E402
 from slm_hf.configuration_slm import DEFAULT_VOCAB_SIZE  # noqa: E402
-from slm_hf.training_config import TrainingConfig  # noqa: E402
+from slm_hf.training.config import TrainingConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SHARED_DATA = ROOT.parent / "shared" / "data" / "tinystories"
@@ -84,8 +84,6 @@ LLAMA_RECIPE = dict(
     batch_size=16,
     block_size=256,
     gradient_accumulation_steps=1,
-    optimizer="adamw",
-    window_starts="anywhere",
     learning_rate=2e-3,
     min_lr=2e-4,
     lr_schedule="cosine",  # pinned: before 2026-12-04 this recipe took cpu-demo's schedule (wsd since 2026-12-03)

@@ -72,6 +72,7 @@ def worker(model_name: str, precision: str, steps: int, warmup: int) -> dict:
         BatchShape,
         MasterWeights,
         TokenWindows,
+        TrainingBatches,
         build_optimizer,
         compile_layers_and_loss,
         optimizer_step,
@@ -96,9 +97,10 @@ def worker(model_name: str, precision: str, steps: int, warmup: int) -> dict:
     model.train()
     tokens = np.random.default_rng(0).integers(0, model_config.vocab_size, 1_000_000).astype(np.uint16)
     windows = TokenWindows(tokens, batch.block_size, batch.micro_batch_size, seed=0, stream=0)
+    batches_of = TrainingBatches(windows, batch, rank=0, device=accelerator.device)  # the Trainer's micro-batches
     times = []
     for step in range(warmup + steps):
-        batches = [windows.batch(step, micro) for micro in range(batch.accumulation)]
+        batches = list(batches_of.of_step(step))
         start = time.perf_counter()
         loss, _ = optimizer_step(accelerator, model, optimizer, batches, config.grad_clip, master)
         loss.item()  # wait for the step to finish

@@ -66,7 +66,7 @@ def copies(final: Path, work: Path) -> dict:
 
 def learning(data: Path, work: Path) -> dict:
     from slm_hf.training import train
-    from slm_hf.training_config import TrainingConfig
+    from slm_hf.training.config import TrainingConfig
 
     recipe = TrainingConfig.load(TINY)
     run = ["max_steps=50", "gradient_accumulation_steps=2", "eval_interval=50", "save_interval=50"]
@@ -86,7 +86,7 @@ def main():
     from slm_hf import SLMConfig
     from slm_hf.data import prepare_data
     from slm_hf.training import train
-    from slm_hf.training_config import TrainingConfig
+    from slm_hf.training.config import TrainingConfig
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as temporary:

@@ -122,7 +122,7 @@ def check_accelerate_config(path: Path) -> None:
 
 def check_train_config(config: Path, overrides: list[str]) -> None:
     """Parse a training config with its overrides as scripts/train.py does (a bad key or value raises SLMError)."""
-    from slm_hf.training_config import TrainingConfig
+    from slm_hf.training.config import TrainingConfig
 
     TrainingConfig.load(config, overrides)
 
@@ -333,8 +333,15 @@ def profile_step(out: Path, config_path: Path, warmup: int = 15, steps: int = 5,
 
     from slm_hf import SLMForCausalLM
     from slm_hf.configuration_slm import DEFAULT_VOCAB_SIZE
-    from slm_hf.training import BatchShape, TokenWindows, build_optimizer, compile_layers_and_loss, optimizer_step
-    from slm_hf.training_config import TrainingConfig
+    from slm_hf.training import (
+        BatchShape,
+        TokenWindows,
+        TrainingBatches,
+        build_optimizer,
+        compile_layers_and_loss,
+        optimizer_step,
+    )
+    from slm_hf.training.config import TrainingConfig
 
     config, model_config = TrainingConfig.load(config_path).resolved(vocab_size=DEFAULT_VOCAB_SIZE, eos_token_id=0)
     shape = BatchShape(config.batch_size, config.gradient_accumulation_steps, processes=1,
@@ -349,11 +356,10 @@ def profile_step(out: Path, config_path: Path, warmup: int = 15, steps: int = 5,
     model.train()
     tokens = np.random.default_rng(0).integers(0, model_config.vocab_size, 10_000_000).astype(np.uint16)
     windows = TokenWindows(tokens, shape.block_size, shape.micro_batch_size, seed=0, stream=0)
+    batches = TrainingBatches(windows, shape, rank=0, device=accelerator.device)  # the Trainer's micro-batches
 
     def step(n):
-        batches = [windows.batch(n, micro) for micro in range(shape.accumulation)]
-        batches = [(x.to(accelerator.device), y.to(accelerator.device)) for x, y in batches]
-        return optimizer_step(accelerator, model, optimizer, batches, config.grad_clip)[0]
+        return optimizer_step(accelerator, model, optimizer, batches.of_step(n), config.grad_clip)[0]
 
     for n in range(warmup):
         step(n)
@@ -380,7 +386,7 @@ def overflow_train(spec: dict) -> None:
     from slm_hf import SLMForCausalLM
     from slm_hf.configuration_slm import DEFAULT_VOCAB_SIZE
     from slm_hf.training import train
-    from slm_hf.training_config import TrainingConfig
+    from slm_hf.training.config import TrainingConfig
 
     class OverflowOnce(SLMForCausalLM):
         calls = 0
@@ -444,7 +450,7 @@ def main(argv=None) -> int:
     from machine import model_shape, write_results
 
     from slm_hf.configuration_slm import DEFAULT_VOCAB_SIZE
-    from slm_hf.training_config import TrainingConfig
+    from slm_hf.training.config import TrainingConfig
 
     cuda = torch.cuda.is_available()
     skipped = "skipped: --dry-run" if args.dry_run else None if cuda else "skipped: no CUDA"

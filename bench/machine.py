@@ -114,7 +114,7 @@ def cpu_demo_shape(config_path: Path = CPU_DEMO_CONFIG):
     """(TrainingConfig, SLMConfig) of the benchmarked shape: the cpu-demo preset's model and batch, with the default
     vocabulary (the shipped sample's, which cpu-demo trains on)."""
     from slm_hf.configuration_slm import DEFAULT_VOCAB_SIZE
-    from slm_hf.training_config import TrainingConfig
+    from slm_hf.training.config import TrainingConfig
 
     config = TrainingConfig.load(config_path)
     return config, config.model_config(vocab_size=DEFAULT_VOCAB_SIZE, eos_token_id=0)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from command_line import ArgumentParser, exit_on_error
 
-# slm_hf.training_config's PRECISIONS and TRACKERS, spelled out so that parsing imports nothing heavy (a test checks
+# slm_hf.training.config's PRECISIONS and TRACKERS, spelled out so that parsing imports nothing heavy (a test checks
 # that they agree).
 PRECISIONS = ("auto", "no", "fp16", "bf16")
 TRACKERS = ("none", "tensorboard", "wandb")
@@ -38,7 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from slm_hf.training import train  # after parsing: --help and bad arguments answer before torch is imported
-    from slm_hf.training_config import TrainingConfig
+    from slm_hf.training.config import TrainingConfig
 
     overrides = list(args.overrides)
     if args.mixed_precision:

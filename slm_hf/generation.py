@@ -20,7 +20,6 @@ Prompts. Every story in the training data follows an `<|endoftext|>` token, so a
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 from collections.abc import Iterable, Iterator
@@ -37,9 +36,9 @@ from transformers import (
     PreTrainedTokenizerBase,
     TextStreamer,
 )
-from transformers.utils import logging as transformers_logging
 
 from .errors import SLMError
+from .progress import quiet_progress_bars
 from .tokenization import load_tokenizer
 
 
@@ -347,18 +346,6 @@ def read_prompts(stream) -> Iterator[str]:
         line = line.rstrip("\n")
         if line.strip():
             yield line
-
-
-@contextlib.contextmanager
-def quiet_progress_bars():
-    """Hide transformers' progress bars (e.g. "Loading weights") inside the block, as they were before after it."""
-    enabled = transformers_logging.is_progress_bar_enabled()
-    transformers_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            transformers_logging.enable_progress_bar()
 
 
 def _first_line(error: BaseException) -> str:

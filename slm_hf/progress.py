@@ -10,6 +10,7 @@ return: a line of the form `step S/N (P%): loss L, lr R, T tok/s, M elapsed` eve
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from typing import TextIO
@@ -71,6 +72,20 @@ class TrainingProgress:
             self.bar.close()
 
 
+@contextlib.contextmanager
+def quiet_progress_bars():
+    """Hide transformers' progress bars (e.g. "Loading weights") inside the block, as they were before after it."""
+    from transformers.utils import logging as transformers_logging  # here: importing this module stays light
+
+    enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            transformers_logging.enable_progress_bar()
+
+
 def _is_terminal(stream: TextIO) -> bool:
     try:
         return stream.isatty()
@@ -78,4 +93,4 @@ def _is_terminal(stream: TextIO) -> bool:
         return False
 
 
-__all__ = ["TrainingProgress"]
+__all__ = ["TrainingProgress", "quiet_progress_bars"]

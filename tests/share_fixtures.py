@@ -34,7 +34,7 @@ def trained_run(tmp_path_factory) -> Path:
     if "run" not in _CACHE:
         from slm_hf.data import prepare_data
         from slm_hf.training import train
-        from slm_hf.training_config import TrainingConfig
+        from slm_hf.training.config import TrainingConfig
 
         root = tmp_path_factory.mktemp("share-run")
         data_dir = root / "data"

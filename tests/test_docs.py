@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from slm_hf.training_config import TrainingConfig
+from slm_hf.training.config import TrainingConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCUMENTS = [ROOT / "README.md", ROOT / "docs" / "training.md"]

@@ -91,7 +91,8 @@ def load_script(name: str):
 
 def test_the_scripts_offer_the_librarys_choices():
     """The choices the scripts spell out (so that parsing imports nothing heavy) are the library's."""
-    from slm_hf import exporting, hub, training_config
+    from slm_hf import exporting, hub
+    from slm_hf.training import config as training_config
 
     train = load_script("train")
     assert train.PRECISIONS == training_config.PRECISIONS and train.TRACKERS == training_config.TRACKERS

@@ -116,7 +116,7 @@ def test_data_folder_loss_equals_trainings_evaluation_on_the_same_windows(run, d
     evaluate_tokens on the same windows of val.bin gives the same number."""
     from slm_hf.data import load_tokens
     from slm_hf.training import TokenWindows
-    from slm_hf.training_config import TrainingConfig
+    from slm_hf.training.config import TrainingConfig
 
     model, _ = loaded
     results = json.loads((run / "final" / "training_results.json").read_text())

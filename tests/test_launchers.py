@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from ports import fresh_ports, port_was_taken, run_on_a_free_port
-from slm_hf.launchers import Launch, process_count_problem
-from slm_hf.training_config import TrainingConfig
+from slm_hf.training.launchers import Launch, process_count_problem
+from slm_hf.training.config import TrainingConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = str(ROOT / "scripts" / "train.py")

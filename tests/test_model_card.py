@@ -166,7 +166,7 @@ def own_data_final(tmp_path_factory):
     """A tiny model trained, as a user would, on a folder of the user's own .txt stories."""
     from slm_hf.data import SAMPLE_DIR, SAMPLE_FILES, prepare_data, read_stories
     from slm_hf.training import train
-    from slm_hf.training_config import TrainingConfig
+    from slm_hf.training.config import TrainingConfig
 
     root = tmp_path_factory.mktemp("own-data")
     stories = root / "grandmas_stories"

@@ -31,8 +31,7 @@ from test_launchers import (
 
 from slm_hf.errors import SLMError
 from slm_hf.training.checkpoints import checkpoint_problem, list_checkpoints
-from slm_hf.training.outputs import Resume
-from slm_hf.training.start import check_batch_shape
+from slm_hf.training.outputs import Resume, check_batch_shape
 from slm_hf.training.state import BatchShape, TrainingState
 
 # 1 process x 2 micro-batches per step, checkpoints at steps 50 and 100 (the 2 x 1 runs drop the accumulation).

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic_files import replace_folder
 from ..errors import SLMError, folder_problem
 from ..tokenization import load_tokenizer, tokenizer_sha256
 
@@ -136,9 +137,7 @@ def commit(staging: Path, out_dir: Path) -> None:
     meta.json goes first, so that until the new one lands the folder reads as unprepared rather than as a mix.
     """
     (out_dir / META_FILE).unlink(missing_ok=True)
-    for name in (TOKENIZER_DIR, "train.bin", "val.bin"):
-        target = out_dir / name
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        os.replace(staging / name, target)
+    replace_folder(staging / TOKENIZER_DIR, out_dir / TOKENIZER_DIR)
+    for name in ("train.bin", "val.bin"):
+        os.replace(staging / name, out_dir / name)
     os.replace(staging / META_FILE, out_dir / META_FILE)

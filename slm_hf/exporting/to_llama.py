@@ -32,12 +32,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
-from ..atomic_files import check_can_create
+from ..atomic_files import check_can_create, staged_folder
 from ..configuration_slm import SLMConfig
 from ..errors import SLMError, folder_problem
-from ..generation import quiet_progress_bars
 from ..model_card import default_model_name, write_model_card
 from ..modeling_slm import SLMForCausalLM
+from ..progress import quiet_progress_bars
 
 # What a Llama cannot express: (field, the value a Llama needs, what the model uses instead).
 _LLAMA_REQUIREMENTS = (
@@ -251,45 +251,37 @@ def export_llama(
     config = read_slm_config(model_dir)
     check_llama_compatible(config)
     weights = llama_state_dict(load_slm_weights(model_dir), config)  # read before anything is written
-    staging = _staging_folder(out_dir, overwrite)
-    try:
-        save_file(weights, str(staging / "model.safetensors"), metadata={"format": "pt"})
-        (staging / "config.json").write_text(json.dumps(llama_config(config), indent=2) + "\n", encoding="utf-8")
-        generation_config = model_dir / "generation_config.json"
-        if generation_config.is_file():
-            shutil.copy2(generation_config, staging / "generation_config.json")
-        write_llama_tokenizer(model_dir, staging, config)
-        for name in _CARRIED_FILES:
-            if (model_dir / name).is_file():
-                shutil.copy2(model_dir / name, staging / name)
-        if write_card:
-            write_model_card(staging, model_name=_export_name(model_dir))
-        _move_into_place(staging, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    check_output_folder(out_dir, overwrite)
+    with staged_folder(out_dir) as staging:
+        write_llama_folder(model_dir, staging, config, weights, write_card)
     return out_dir
+
+
+def write_llama_folder(model_dir: Path, folder: Path, config: dict[str, Any], weights: dict[str, torch.Tensor],
+                       write_card: bool) -> None:
+    """The files of the Llama export of `model_dir` (its SLM `config`, its weights renamed), into `folder`."""
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (folder / "config.json").write_text(json.dumps(llama_config(config), indent=2) + "\n", encoding="utf-8")
+    generation_config = model_dir / "generation_config.json"
+    if generation_config.is_file():
+        shutil.copy2(generation_config, folder / "generation_config.json")
+    write_llama_tokenizer(model_dir, folder, config)
+    for name in _CARRIED_FILES:
+        if (model_dir / name).is_file():
+            shutil.copy2(model_dir / name, folder / name)
+    if write_card:
+        write_model_card(folder, model_name=_export_name(model_dir))
 
 
 def _export_name(model_dir: Path) -> str:
     return default_model_name(model_dir) + "-llama"
 
 
-def _staging_folder(out_dir: Path, overwrite: bool) -> Path:
-    """A fresh folder beside `out_dir` to write the export into (refusing to replace a non-empty `out_dir`)."""
+def check_output_folder(out_dir: Path, overwrite: bool) -> None:
+    """Refuse an `out_dir` that is not a folder, cannot be created, or holds files (without `overwrite`)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise SLMError(f"the output path {out_dir} exists and is not a folder")
     if not out_dir.exists():
         check_can_create(out_dir, "output folder")  # its nearest existing ancestor is a writable folder
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise SLMError(f"{out_dir} exists and is not empty; choose another --out or pass --overwrite")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = out_dir.with_name(f".tmp-{out_dir.name}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    return staging
-
-
-def _move_into_place(staging: Path, out_dir: Path) -> None:
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.rename(staging, out_dir)

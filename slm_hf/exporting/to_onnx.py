@@ -22,7 +22,16 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from .to_llama import check_llama_compatible, export_llama, import_export_dependency, read_slm_config
+from ..atomic_files import staged_folder
+from .to_llama import (
+    check_llama_compatible,
+    check_output_folder,
+    import_export_dependency,
+    llama_state_dict,
+    load_slm_weights,
+    read_slm_config,
+    write_llama_folder,
+)
 
 ONNX_OPSET = 17
 ONNX_FILE = "onnx/model.onnx"
@@ -54,12 +63,18 @@ def export_onnx(model_dir: str | os.PathLike, out_dir: str | os.PathLike, *, ove
     config = read_slm_config(model_dir)
     check_llama_compatible(config, target="onnx")
     import_export_dependency("onnx", target="onnx")  # torch.onnx needs it
-    import torch
-    from safetensors.torch import load_file
+    weights = llama_state_dict(load_slm_weights(model_dir), config)
+    check_output_folder(out_dir, overwrite)
+    with staged_folder(out_dir) as staging:  # the Llama folder and its graph appear together
+        write_llama_folder(model_dir, staging, config, weights, write_card=True)
+        _write_graph(_llama_graph_class()(weights, config).eval(), config, staging / ONNX_FILE)
+    return out_dir
 
-    export_llama(model_dir, out_dir, overwrite=overwrite)
-    weights = load_file(str(out_dir / "model.safetensors"))
-    graph = _llama_graph_class()(weights, config).eval()
+
+def _write_graph(graph, config: dict[str, Any], path: Path) -> None:
+    """Trace `graph` (the Llama export's forward pass with a key/value cache) into the ONNX file `path`."""
+    import torch
+
     layers = config["num_hidden_layers"]
     kv_heads = config.get("num_key_value_heads") or config["num_attention_heads"]
     head_dim = config["hidden_size"] // config["num_attention_heads"]
@@ -75,13 +90,11 @@ def export_onnx(model_dir: str | os.PathLike, out_dir: str | os.PathLike, *, ove
                     "position_ids": {0: "batch", 1: "sequence"}, "logits": {0: "batch", 1: "sequence"}}
     dynamic_axes.update({name: {0: "batch", 2: "past"} for name in input_names[3:]})
     dynamic_axes.update({name: {0: "batch", 2: "total"} for name in output_names[1:]})
-    path = out_dir / ONNX_FILE
     path.parent.mkdir(exist_ok=True)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
         torch.onnx.export(graph, example, str(path), input_names=input_names, output_names=output_names,
                           dynamic_axes=dynamic_axes, opset_version=ONNX_OPSET, dynamo=False)
-    return out_dir
 
 
 def onnx_greedy(model_path: str | os.PathLike, config: dict[str, Any], prompt_ids: list[int], new_tokens: int,

@@ -11,8 +11,7 @@ import math
 
 import numpy as np
 
-from ..training_config import TrainingConfig
-from .state import LoopState
+from .config import TrainingConfig
 
 
 class TimeBudget:
@@ -27,16 +26,15 @@ class TimeBudget:
             return False
         return step in (10, self.warmup_end) or (step > self.warmup_end and evaluate_now)
 
-    def refit(self, state: LoopState) -> int:
-        """The max_steps that fits in what is left of the budget, at the speed of the recent steps (the first ones
-        are slow: memory, kernels warming up), with evaluations at their measured cost."""
-        recent = max(min(len(state.step_times) // 2, self.config.eval_interval), 1)
-        step_time = float(np.median(state.step_times[-recent:]))
-        left = self.seconds - state.elapsed()
-        return fit_budget(state.saved.step, self.config, left, step_time, state.eval_time)
+    def refit(self, step: int, elapsed: float, step_times: list[float], eval_time: float) -> int:
+        """The max_steps that fits in what is left of the budget (`elapsed` seconds are spent), at the speed of the
+        recent steps (the first ones are slow: memory, kernels warming up), with evaluations at their measured cost."""
+        recent = max(min(len(step_times) // 2, self.config.eval_interval), 1)
+        step_time = float(np.median(step_times[-recent:]))
+        return fit_budget(step, self.config, self.seconds - elapsed, step_time, eval_time)
 
-    def used_up(self, state: LoopState) -> bool:
-        return state.elapsed() > self.seconds
+    def used_up(self, elapsed: float) -> bool:
+        return elapsed > self.seconds
 
 
 def fit_budget(step: int, config: TrainingConfig, seconds_left: float, step_time: float, eval_time: float) -> int:

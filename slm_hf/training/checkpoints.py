@@ -1,6 +1,6 @@
 """Checkpoints: `checkpoints/step_NNNNNNN/`, each complete or absent, checked against its manifest before a resume.
 
-A checkpoint holds what `accelerator.save_state` writes (model, optimizer, scheduler, loss scaler, every process's
+A checkpoint holds what `accelerator.save_state` writes (model, optimizer, loss scaler, every process's
 random state), training_state.json (`TrainingState`, the batch shape included), train_config.yaml, config.json,
 and manifest.json last: the size and sha256 of every other file.
 """
@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
-from ..atomic_files import write_json
-from ..training_config import TrainingConfig
-from .folders import out_of_space_is_an_error, remove_dir, replace_dir
+from ..atomic_files import STAGING_PREFIX, replace_folder, write_json
+from .config import TrainingConfig
+from .folders import out_of_space_is_an_error, remove_dir
 from .state import TrainingState
 
 CHECKPOINT_NAME = re.compile(r"^step_(\d{7})$")
@@ -38,7 +38,7 @@ def save_checkpoint(
 ) -> Path:
     """Save the full training state into `checkpoints/step_NNNNNNN`, atomically, and keep the last `keep_last`.
 
-    Every process writes into a temporary folder (`save_state` writes the weights, optimizer, scheduler, loss
+    Every process writes into a temporary folder (`save_state` writes the weights, optimizer, loss
     scaler and each process's random state); the main process adds `training_state.json` and the config, then
     `manifest.json` last (the size and sha256 of every file, to detect a damaged copy), and renames the folder into
     place. A checkpoint folder therefore exists only once complete: a kill during the save leaves a `.tmp-` folder
@@ -46,7 +46,7 @@ def save_checkpoint(
     lack of space raises `SLMError`, leaving the earlier checkpoints as they were.
     """
     final = checkpoint_path(out_dir, state.step)
-    temporary = final.with_name(f".tmp-{final.name}")
+    temporary = final.with_name(f"{STAGING_PREFIX}{final.name}")
     with out_of_space_is_an_error(f"cannot save checkpoint {final}", temporary, accelerator.is_main_process):
         if accelerator.is_main_process and temporary.exists():
             shutil.rmtree(temporary)
@@ -58,7 +58,7 @@ def save_checkpoint(
             accelerator.unwrap_model(model).config.save_pretrained(temporary)
             write_json(temporary / STATE_FILE, state.to_json())
             write_json(temporary / MANIFEST_FILE, {"files": _file_digests(temporary)})
-            replace_dir(temporary, final)
+            replace_folder(temporary, final)
             for old in list_checkpoints(out_dir)[: -config.keep_last]:
                 remove_dir(old)
     accelerator.wait_for_everyone()

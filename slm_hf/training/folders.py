@@ -1,5 +1,6 @@
-"""Folder operations of a run that a kill must not leave half done: replacing and deleting folders, removing what a
-killed run left, and turning a full disk into one line that names what could not be written."""
+"""Folder operations of a run that a kill must not leave half done: deleting folders, removing what a killed run
+left, and turning a full disk into one line that names what could not be written. (Replacing a folder:
+`slm_hf.atomic_files.replace_folder`.)"""
 
 from __future__ import annotations
 
@@ -9,21 +10,15 @@ import os
 import shutil
 from pathlib import Path
 
+from ..atomic_files import OLD_PREFIX, STAGING_PREFIX, restore_folder
 from ..errors import SLMError
 
 # Names of unfinished writes (atomic_files, save_checkpoint, export_model) and of folders being deleted
 # (remove_dir): what a killed process leaves behind, removed when a run starts or resumes.
-LEFTOVER_PREFIXES = (".tmp-", ".trash-")
+LEFTOVER_PREFIXES = (STAGING_PREFIX, ".trash-")
 # errno values of a write that failed for lack of space: a full disk, a quota, a file-size limit.
 OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 FULL_DISK_BYTES = 1 << 20  # a write that failed with less free space than this failed for lack of it
-
-
-def replace_dir(source: Path, target: Path) -> None:
-    """Move the finished folder `source` to `target`, replacing an older `target` (never leaving a half one)."""
-    if target.exists():
-        remove_dir(target)
-    os.rename(source, target)
 
 
 def remove_dir(path: Path) -> None:
@@ -36,13 +31,16 @@ def remove_dir(path: Path) -> None:
 
 def remove_leftovers(out_dir: Path) -> list[Path]:
     """Delete what killed runs left in `out_dir`: `.tmp-` files and folders of unfinished writes, `.trash-` folders
-    of unfinished deletions (in the run folder, checkpoints/, best/ and final/). Returns what was removed."""
+    of unfinished deletions (in the run folder, checkpoints/, best/ and final/); put back an old folder that a kill
+    left aside while replacing it (`.old-`). Returns what was removed."""
     removed = []
     for folder in (out_dir, out_dir / "checkpoints", out_dir / "best", out_dir / "final"):
         if not folder.is_dir():
             continue
         for path in sorted(folder.iterdir()):
-            if path.name.startswith(LEFTOVER_PREFIXES):
+            if path.name.startswith(OLD_PREFIX):
+                restore_folder(folder / path.name.removeprefix(OLD_PREFIX))
+            elif path.name.startswith(LEFTOVER_PREFIXES):
                 if path.is_dir() and not path.is_symlink():
                     shutil.rmtree(path)
                 else:

@@ -4,25 +4,20 @@ curve plotted from it."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import torch
+from accelerate import Accelerator
 
 from ..atomic_files import atomic_path, write_text
-from ..training_config import TrainingConfig
-from .state import LoopState
-
-if TYPE_CHECKING:  # annotations only: start imports this module
-    from .start import Run
+from .config import TrainingConfig
 
 
 class MetricsLog:
-    """`metrics.jsonl`: one JSON object per line. Only the main process writes."""
+    """`metrics.jsonl`: one JSON object per line, written by the main process; and the trackers, if any."""
 
-    def __init__(self, path: Path, enabled: bool, resume_step: int | None):
-        self.path, self.enabled = path, enabled
+    def __init__(self, path: Path, enabled: bool, resume_step: int | None, trackers: Accelerator | None = None):
+        self.path, self.enabled, self.trackers = path, enabled, trackers
         if not enabled:
             return
         if resume_step is None:
@@ -32,6 +27,10 @@ class MetricsLog:
             write_text(path, "".join(json.dumps(record) + "\n" for record in kept))
 
     def write(self, record: dict[str, Any]) -> None:
+        """Append `record` (it has a `step`) to metrics.jsonl and send its numbers to the trackers."""
+        if self.trackers is not None:
+            numbers = {k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))}
+            self.trackers.log(numbers, step=record["step"])
         if self.enabled:
             with self.path.open("a", encoding="utf-8") as file:
                 file.write(json.dumps(record) + "\n")
@@ -40,37 +39,6 @@ class MetricsLog:
         if not self.path.is_file():
             return []
         return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def write_pending(run: Run, state: LoopState) -> None:
-    """Write the steps' metrics not yet written (one host sync for many steps) and refresh the progress bar.
-
-    The last record of each write also carries the training speed since the previous one (`tokens_per_s`).
-    """
-    if not state.pending:
-        return
-    now = time.perf_counter()
-    losses = torch.stack([loss for _, loss, _, _ in state.pending]).tolist()
-    norms = [None if norm is None else norm.item() for _, _, _, norm in state.pending]
-    speed = (state.saved.tokens - state.window_tokens) / max(now - state.window_time, 1e-9)
-    state.window_time, state.window_tokens = now, state.saved.tokens
-    for i, ((step, _, lr, _), loss, norm) in enumerate(zip(state.pending, losses, norms)):
-        record = {"step": step, "tokens": step * run.shape.tokens_per_step, "train/loss": loss, "lr": lr}
-        if norm is not None:
-            record["grad_norm"] = norm
-        if state.saved.skipped_steps:
-            record["skipped_steps"] = state.saved.skipped_steps
-        if i == len(state.pending) - 1:
-            record["tokens_per_s"] = speed
-        run.metrics.write(record)
-        log_to_trackers(run, record)
-    run.progress.update(state.pending[-1][0], losses[-1], state.pending[-1][2], speed)
-    state.pending.clear()
-
-
-def log_to_trackers(run: Run, record: dict[str, Any]) -> None:
-    if run.config.report_to != "none":
-        run.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
 
 
 def flat_hparams(config: TrainingConfig) -> dict[str, Any]:

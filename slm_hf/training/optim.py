@@ -1,27 +1,27 @@
-"""The optimizer side of a step: the learning-rate schedule, the optimizer (AdamW, or Muon for the hidden matrices
-with AdamW for the rest, as one object), and one optimizer update from its micro-batches."""
+"""The optimizer side of a step: the learning-rate schedule, the optimizer (AdamW), and one optimizer update from its
+micro-batches."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from accelerate import Accelerator
 
-from ..training_config import TrainingConfig
+from .config import TrainingConfig
 from .precision import MasterWeights
 
 
-@dataclass
+@dataclass(frozen=True)
 class Schedule:
     """Linear warmup, then cosine decay (or warmup-stable-decay): the learning rate of each optimizer update.
 
-    `lr(n)` is the rate of update n = 1, 2, ... max_steps. Warmup goes linearly from `start_factor * peak` (at
-    n = 0) to `peak` (at n = warmup_steps). Then `shape` "cosine": a half cosine from `peak` to `minimum` (at
-    n = max_steps). This expresses the reference tutorial's `LinearLR(start_factor=1/3)` then
+    `lr(n, max_steps)` is the rate of update n = 1, 2, ... max_steps. `max_steps` is an argument, not a field: the
+    run's state holds it, and a time budget changes it there (`Trainer.refit_budget`). Warmup goes linearly from
+    `start_factor * peak` (at n = 0) to `peak` (at n = warmup_steps). Then `shape` "cosine": a half cosine from
+    `peak` to `minimum` (at n = max_steps). This expresses the reference tutorial's `LinearLR(start_factor=1/3)` then
     `CosineAnnealingLR(eta_min=min_lr)`: with its min_lr above the peak the "decay" rises, which the seed preset keeps
     on purpose. Or `shape` "wsd": `peak` until the last `decay_fraction` of the steps, then linear to `minimum`; a
     time budget that refits `max_steps` moves only the start of that decay.
@@ -30,51 +30,39 @@ class Schedule:
     peak: float
     minimum: float
     warmup_steps: float
-    max_steps: int
     start_factor: float = 0.0
     shape: str = "cosine"
     decay_fraction: float = 0.2
 
-    def lr(self, n: float) -> float:
+    def lr(self, n: float, max_steps: int) -> float:
         if n < self.warmup_steps:
             return self.peak * (self.start_factor + (1 - self.start_factor) * n / self.warmup_steps)
         if self.shape == "wsd":
-            decay_steps = self.decay_fraction * self.max_steps
-            progress = min(max((n - (self.max_steps - decay_steps)) / max(decay_steps, 1), 0.0), 1.0)
+            decay_steps = self.decay_fraction * max_steps
+            progress = min(max((n - (max_steps - decay_steps)) / max(decay_steps, 1), 0.0), 1.0)
             return self.peak + (self.minimum - self.peak) * progress
-        progress = min((n - self.warmup_steps) / max(self.max_steps - self.warmup_steps, 1), 1.0)
+        progress = min((n - self.warmup_steps) / max(max_steps - self.warmup_steps, 1), 1.0)
         return self.minimum + (self.peak - self.minimum) * 0.5 * (1 + math.cos(math.pi * progress))
 
     @classmethod
     def from_config(cls, config: TrainingConfig) -> Schedule:
-        return cls(config.learning_rate, config.min_lr, config.warmup_steps, config.max_steps,
-                   config.warmup_start_factor, config.lr_schedule, config.decay_fraction)
+        return cls(config.learning_rate, config.min_lr, config.warmup_steps, config.warmup_start_factor,
+                   config.lr_schedule, config.decay_fraction)
 
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Give every parameter group the rate `lr` (the schedule's, for the next update)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
     """AdamW; weight decay only on matrices of linear layers (not on norms, biases, embeddings), unless the config
-    says `decay_all_parameters` (as the reference tutorial does). Fused kernels where PyTorch has them.
-
-    With `optimizer: muon`, the weight matrices of the decoder layers go to `torch.optim.Muon` instead (its updates
-    scaled to AdamW's root-mean-square, "match_rms_adamw", at `muon_lr_scale` times the learning rate, on the same
-    schedule); the output head, tied or not, stays with AdamW."""
+    says `decay_all_parameters` (as the reference tutorial does). Fused kernels where PyTorch has them."""
     embeddings = {id(module.weight) for module in model.modules() if isinstance(module, torch.nn.Embedding)}
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    not_hidden = embeddings | ({id(head.weight)} if head is not None else set())
-    hidden_matrices = set()
-    if config.optimizer == "muon":
-        hidden_matrices = {
-            id(module.weight)
-            for module in model.modules()
-            if isinstance(module, torch.nn.Linear) and id(module.weight) not in not_hidden
-        }
-    decay, no_decay, orthogonalised = [], [], []
+    decay, no_decay = [], []
     for parameter in model.parameters():  # each tied parameter once
         if not parameter.requires_grad:
-            continue
-        if id(parameter) in hidden_matrices:
-            orthogonalised.append(parameter)
             continue
         decayed = config.decay_all_parameters or (parameter.ndim >= 2 and id(parameter) not in embeddings)
         (decay if decayed else no_decay).append(parameter)
@@ -84,52 +72,9 @@ def build_optimizer(model: torch.nn.Module, config: TrainingConfig) -> torch.opt
     ]
     kwargs = dict(lr=config.learning_rate, betas=config.betas, eps=config.eps)
     try:
-        adamw = torch.optim.AdamW(groups, fused=True, **kwargs)
+        return torch.optim.AdamW(groups, fused=True, **kwargs)
     except (RuntimeError, ValueError):  # no fused kernel for these parameters' device or dtype
-        adamw = torch.optim.AdamW(groups, **kwargs)
-    if not orthogonalised:
-        return adamw
-    muon = torch.optim.Muon(
-        orthogonalised,
-        lr=config.learning_rate * config.muon_lr_scale,
-        weight_decay=config.weight_decay,
-        momentum=config.muon_momentum,
-        adjust_lr_fn="match_rms_adamw",
-    )
-    return MuonWithAdamW(muon, adamw)
-
-
-class MuonWithAdamW(torch.optim.Optimizer):
-    """Two optimizers as one, for the loop, the learning-rate scheduler, the loss scaler and checkpoints.
-
-    Its `param_groups` are the very group dicts of `muon` and `adamw` (a scheduler setting `lr` sets theirs); a step
-    steps both; its state dict holds both state dicts.
-    """
-
-    def __init__(self, muon: torch.optim.Muon, adamw: torch.optim.AdamW):
-        self.muon, self.adamw = muon, adamw
-        super().__init__(muon.param_groups + adamw.param_groups, {})
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = closure() if closure is not None else None
-        self.muon.step()
-        self.adamw.step()
-        return loss
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.muon.zero_grad(set_to_none)
-        self.adamw.zero_grad(set_to_none)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        # torch's load_state_dict gives each optimizer new group dicts: point ours at them, or a scheduler would set
-        # the learning rate of dicts no optimizer reads any more (Accelerate's `prepare` loads a state dict too).
-        self.muon.load_state_dict(state_dict["muon"])
-        self.adamw.load_state_dict(state_dict["adamw"])
-        self.param_groups[:] = self.muon.param_groups + self.adamw.param_groups
+        return torch.optim.AdamW(groups, **kwargs)
 
 
 def optimizer_step(

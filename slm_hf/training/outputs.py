@@ -17,23 +17,20 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from accelerate import Accelerator, PartialState
 
-from ..atomic_files import write_json
+from ..atomic_files import STAGING_PREFIX, replace_folder, write_json
 from ..errors import SLMError, folder_problem
-from ..generation import quiet_progress_bars
 from ..model_card import default_model_name, write_model_card
+from ..progress import quiet_progress_bars
 from ..tokenization import save_tokenizer
-from ..training_config import TrainingConfig
+from .config import TrainingConfig
 from .checkpoints import checkpoint_problem, latest_checkpoint, read_checkpoint
-from .folders import out_of_space_is_an_error, remove_dir, remove_leftovers, replace_dir
-from .state import LoopState, TrainingState
-
-if TYPE_CHECKING:  # annotations only: start imports this module
-    from .start import Run
+from .folders import out_of_space_is_an_error, remove_dir, remove_leftovers
+from .state import BatchShape, TrainingState
 
 # Outputs of a run: what `--overwrite` removes and what makes a folder "hold a run".
 RUN_OUTPUTS = ("checkpoints", "final", "best", "metrics.jsonl", "train_config.yaml", "loss_curve.png", "logs")
@@ -57,7 +54,7 @@ def plan_output(
 ) -> Resume | None:
     """Check the output folder, writing nothing; return the checkpoint to resume from (or None to start afresh).
 
-    The batch shape of the checkpoint is checked once the Accelerator has decided this run's (`start.resume`)."""
+    The batch shape of the checkpoint is checked once the Accelerator has decided this run's (`check_batch_shape`)."""
     if resume and overwrite:
         raise SLMError("--resume and --overwrite contradict each other: choose one")
     existing = [name for name in RUN_OUTPUTS if (out_dir / name).exists()]
@@ -96,6 +93,28 @@ def raise_different_run(checkpoint: Path, differences: list[str], quiet: bool = 
     raise SLMError(
         f"{checkpoint} belongs to a different run ({'; '.join(differences)}); use the same config and "
         f"data to resume, or --overwrite / another --out to start a new run",
+        quiet=quiet,
+    )
+
+
+def check_batch_shape(resume: Resume, shape: BatchShape, quiet: bool) -> None:
+    """A run resumes exactly only with the same micro-batches per step (processes x gradient_accumulation_steps):
+    the batches of a step are keyed by their index among them. Any split of them over processes goes on exactly
+    (2 x 1 as 1 x 2, after a node is lost); another product is refused in one line naming the accumulation that
+    would match on this run's process count. (Checked once the Accelerator has decided this run's shape.)"""
+    saved = resume.state.batch
+    if saved is None or saved.micro_batches_per_step == shape.micro_batches_per_step:
+        return
+    wanted = saved.micro_batches_per_step
+    if wanted % shape.processes == 0:
+        remedy = f"resume with gradient_accumulation_steps={wanted // shape.processes} to continue the same batches"
+    else:
+        remedy = (f"no gradient_accumulation_steps matches on {shape.processes} processes: use a process count that "
+                  f"divides {wanted}")
+    raise SLMError(
+        f"{resume.checkpoint} was saved by {saved.processes} process(es) x gradient_accumulation_steps "
+        f"{saved.accumulation} ({wanted} micro-batches per step) but this run has {shape.processes} x "
+        f"{shape.accumulation} ({shape.micro_batches_per_step}); {remedy}",
         quiet=quiet,
     )
 
@@ -141,7 +160,7 @@ def export_model(
     """
     state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
-        temporary = directory.with_name(f".tmp-{directory.name}")
+        temporary = directory.with_name(f"{STAGING_PREFIX}{directory.name}")
         with out_of_space_is_an_error(f"cannot write the model folder {directory}", temporary):
             if temporary.exists():
                 shutil.rmtree(temporary)
@@ -154,7 +173,7 @@ def export_model(
                 shutil.copy2(loss_curve, temporary / "loss_curve.png")
             if model_card:
                 write_card(temporary, named_as=directory)
-            replace_dir(temporary, directory)
+            replace_folder(temporary, directory)
     accelerator.wait_for_everyone()
     return directory
 
@@ -164,33 +183,6 @@ def write_card(directory: Path, named_as: Path | None = None) -> None:
     final path, when `directory` is the temporary one it is built in (the card is titled after the run)."""
     with quiet_progress_bars():
         write_model_card(directory, model_name=default_model_name(named_as or directory))
-
-
-def training_results(run: Run, state: LoopState, record: dict[str, Any]) -> dict[str, Any]:
-    """training_results.json of a model folder: the evaluation `record` and the run around it."""
-    history = [
-        {"step": r["step"], "tokens": r["tokens"], "train/loss": r["train/eval_loss"], "val/loss": r["val/loss"]}
-        for r in run.metrics.read()
-        if "val/loss" in r and r["step"] <= record["step"]
-    ]
-    return {
-        "step": record["step"],
-        "tokens": record["tokens"],
-        "wall_time_s": round(state.elapsed(), 1),
-        "val/loss": record["val/loss"],
-        "val/perplexity": record["val/perplexity"],
-        "val/bits_per_byte": record["val/bits_per_byte"],
-        "train/loss": record["train/eval_loss"],
-        "precision": run.precision.name,
-        "device": device_name(run.accelerator),
-        "num_processes": run.shape.processes,
-        "batch": run.shape.to_json(),
-        "parameters": run.parameters,
-        **peak_memory(run.accelerator.device),
-        "config": run.config.to_dict(),
-        "data": run.data_summary,
-        "history": history,
-    }
 
 
 def device_name(accelerator: Accelerator) -> str:

@@ -18,8 +18,8 @@ from accelerate import Accelerator
 
 from ..configuration_slm import SLMConfig
 from ..errors import SLMError
-from ..launchers import Launch, launcher_precision
-from ..training_config import PRECISIONS
+from .launchers import Launch, launcher_precision
+from .config import PRECISIONS
 
 
 @dataclass(frozen=True)

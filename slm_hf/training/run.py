@@ -1,5 +1,5 @@
 """`train()`: check the inputs and decide what the run is (data, processes, precision, where to resume) writing
-nothing, take the output folder's lock, then start, train and export (start.py, loop.py)."""
+nothing, take the output folder's lock, then hand the run to the `Trainer` (trainer.py)."""
 
 from __future__ import annotations
 
@@ -19,16 +19,15 @@ from transformers import PreTrainedModel
 from ..configuration_slm import SLMConfig
 from ..data import read_meta
 from ..errors import SLMError
-from ..launchers import Launch, cpu_threads, process_count_problem, wants_cpu_processes
+from .launchers import Launch, cpu_threads, process_count_problem, wants_cpu_processes
 from ..progress import TrainingProgress
-from ..run_lock import RunLock
+from .run_lock import RunLock
 from ..tokenization import load_tokenizer, tokenizer_sha256
-from ..training_config import TrainingConfig
-from .loop import train_and_export
+from .config import TrainingConfig
 from .outputs import Resume, plan_output, prepare_output_dir
 from .precision import Precision, resolve_precision
-from .start import RunSetup, start
 from .state import TrainingOutcome
+from .trainer import RunSetup, Trainer
 
 
 def train(
@@ -57,8 +56,7 @@ def train(
     decide_on_main(setup.distributed, lock.acquire)  # one run per output folder
     try:
         prepare_output_dir(setup.out_dir, overwrite, setup.distributed)
-        run, state = start(setup, model_factory)
-        return train_and_export(run, state)
+        return Trainer(setup, model_factory).fit()
     finally:
         setup.progress.close()  # before any error line: never printed after a half-drawn bar
         if setup.distributed.is_main_process:
@@ -90,7 +88,7 @@ def plan_run(
     data_summary = summarize_data(meta, tokenizer)
 
     # Processes, threads, device and precision: Accelerate's shared state first (the device decides the precision).
-    # The launcher's choices are checked first: see slm_hf/launchers.py.
+    # The launcher's choices are checked first: see slm_hf/training/launchers.py.
     launch = Launch.detect()
     threads, threads_note = cpu_threads(launch)
     if threads is not None:

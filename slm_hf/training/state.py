@@ -1,24 +1,21 @@
-"""The run's state: the batch shape decided at the start, what checkpoints persist, and what the loop changes.
+"""The run's state: the batch shape decided at the start, and what checkpoints persist.
 
 - `BatchShape`: windows per micro-batch, micro-batches per step (Accelerate's, across all processes), processes,
-  block size, and from them tokens per step. Decided once, when the Accelerator exists (`start.batch_shape`),
+  block size, and from them tokens per step. Decided once, when the Accelerator exists (`trainer.batch_shape`),
   recorded in training_state.json and training_results.json under `batch`; resume checks, the model card and the
   benchmarks read it from there.
-- `TrainingState`: what the loop must remember across a resume (training_state.json in each checkpoint;
-  Accelerate saves the model, the optimizer, the random states).
-- `LoopState`: `TrainingState` plus what one session of the loop keeps in memory (metrics not yet written, the
-  speed window, the last evaluation, the budget's timings): the one object the loop's helpers change.
+- `TrainingState`: the loop's one mutable state, what it must remember across a resume (step, tokens seen,
+  max_steps, the best validation loss; training_state.json in each checkpoint; Accelerate saves the model, the
+  optimizer, the random states). The `Trainer` owns it.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import torch
 
 
 @dataclass(frozen=True)
@@ -88,32 +85,6 @@ class TrainingState:
         if isinstance(state.batch, dict):
             state.batch = BatchShape.from_json(state.batch)
         return state
-
-
-@dataclass
-class LoopState:
-    """The run's state while the loop runs: the persisted `saved` state and this session's bookkeeping."""
-
-    saved: TrainingState
-    prior_wall_time: float  # seconds earlier sessions of this run took
-    started: float  # time.perf_counter() when this session's train() was called
-    resumed: bool = False  # this session continues from a checkpoint
-    pending: list[tuple[int, torch.Tensor, float, torch.Tensor | None]] = field(default_factory=list)
-    window_time: float = field(default_factory=time.perf_counter)  # start of the tokens/s measurement
-    window_tokens: int = 0
-    last_eval: dict[str, Any] | None = None  # the record of this session's latest evaluation
-    resumed_eval: dict[str, Any] | None = None  # the evaluation logged at the resumed checkpoint's step, if any
-    step_times: list[float] = field(default_factory=list)  # seconds of each step (evaluations left out)
-    eval_time: float | None = None  # seconds of the latest evaluation
-    interrupted_by: str | None = None  # the name of the signal that stopped the run
-
-    def elapsed(self) -> float:
-        """Seconds this run has taken, earlier sessions included."""
-        return self.prior_wall_time + time.perf_counter() - self.started
-
-    def restart_speed_window(self) -> None:
-        """Start measuring tokens/s afresh (after an evaluation or a checkpoint, kept out of the speed)."""
-        self.window_time, self.window_tokens = time.perf_counter(), self.saved.tokens
 
 
 @dataclass

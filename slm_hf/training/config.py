@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import difflib
 import inspect
-import re
-import types
 import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -28,15 +26,19 @@ from typing import Any
 
 import yaml
 
-from .atomic_files import write_text
-from .configuration_slm import PRESETS, SLMConfig
-from .errors import SLMError
+from ..atomic_files import write_text
+from ..configuration_slm import PRESETS, SLMConfig
+from ..errors import SLMError
+from .config_values import coerce, read_yaml
 
 PRECISIONS = ("auto", "no", "fp16", "bf16")
 TRACKERS = ("none", "tensorboard", "wandb")
-OPTIMIZERS = ("adamw", "muon")
 LR_SCHEDULES = ("cosine", "wsd")
-WINDOW_STARTS = ("anywhere", "stories")
+# Options measured and dropped (BENCHMARKS.md, History: the quality runs of 2026-12-03 and 2026-12-04, `ours+muon3-*`
+# against AdamW, `ours+stories-10min` against windows that start anywhere). A config saved by an earlier version
+# still loads when it names them as today's code trains (the values here: the defaults they had), and is refused in
+# one line otherwise.
+RETIRED_KEYS = {"optimizer": "adamw", "window_starts": "anywhere", "muon_momentum": 0.95, "muon_lr_scale": 1.0}
 # SLMConfig fields the data folder decides, unless the config pins them (then they must agree with it).
 DATA_MODEL_KEYS = ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id")
 # Settings that do not change what the model learns: a resumed run may change them freely.
@@ -56,28 +58,6 @@ RESUMABLE_KEYS = (
     "compile",
     "gradient_accumulation_steps",  # checked as the global number of micro-batches instead (processes x this)
 )
-
-
-class _ConfigLoader(yaml.SafeLoader):
-    """YAML with only `true` / `false` as booleans (YAML 1.2), so that `mixed_precision: no` stays the string "no".
-
-    YAML 1.1 (PyYAML's default) also reads yes/no/on/off as booleans. Boolean fields still accept those words:
-    `_coerce` converts values to each field's declared type.
-    """
-
-
-_ConfigLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_ConfigLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
-
-
-def read_yaml(text: str) -> Any:
-    """Parse config text (a file, or the value of a `key=value` override) with `_ConfigLoader`."""
-    return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
 def _model_keys() -> list[str]:
@@ -109,20 +89,8 @@ class TrainingConfig:
     # Wall-clock budget: `max_steps` is lowered to what fits, refitted to the measured speed at each evaluation.
     max_minutes: float | None = None
 
-    # Where training windows start: "anywhere" in the token stream, or "stories": at an <|endoftext|>, so that
-    # every window opens with a story's beginning, as a generation from a prompt does (evaluation reads windows
-    # that start anywhere; "stories" scored worse in 10 minutes of cpu-demo: BENCHMARKS.md, History, 2026-12-04).
-    window_starts: str = "anywhere"
-
-    # The optimizer: "adamw" for every parameter, or "muon": torch.optim.Muon (orthogonalised momentum) for the
-    # decoder layers' weight matrices, AdamW for embeddings, norms and the head. Muon's updates are scaled to the
-    # root-mean-square of AdamW's, then by `muon_lr_scale`: its learning rate is `muon_lr_scale x learning_rate`,
-    # on the same schedule.
-    optimizer: str = "adamw"
-    muon_momentum: float = 0.95
-    muon_lr_scale: float = 1.0
-    # Linear warmup, then "cosine" decay to `min_lr` over the rest of the run, or "wsd" (warmup-stable-decay):
-    # `learning_rate` until the last `decay_fraction` of the steps, then a linear decay to `min_lr`.
+    # The optimizer is AdamW. Linear warmup, then "cosine" decay to `min_lr` over the rest of the run, or "wsd"
+    # (warmup-stable-decay): `learning_rate` until the last `decay_fraction` of the steps, then linear to `min_lr`.
     learning_rate: float = 2e-3
     min_lr: float = 2e-4
     lr_schedule: str = "cosine"
@@ -164,7 +132,7 @@ class TrainingConfig:
         hints = typing.get_type_hints(type(self))
         for f in fields(self):
             value = getattr(self, f.name)
-            setattr(self, f.name, _coerce(f.name, value, hints[f.name]))
+            setattr(self, f.name, coerce(f.name, value, hints[f.name]))
         self.model = _check_model_section(self.model)
 
     def _validate(self):
@@ -191,20 +159,11 @@ class TrainingConfig:
             raise SLMError(f"grad_clip must be positive (or 0/null for no clipping), got {self.grad_clip!r}")
         if self.mixed_precision not in PRECISIONS:
             raise SLMError(f"mixed_precision must be one of {', '.join(PRECISIONS)}, got {self.mixed_precision!r}")
-        for name, choices in (
-            ("report_to", TRACKERS),
-            ("optimizer", OPTIMIZERS),
-            ("lr_schedule", LR_SCHEDULES),
-            ("window_starts", WINDOW_STARTS),
-        ):
+        for name, choices in (("report_to", TRACKERS), ("lr_schedule", LR_SCHEDULES)):
             if getattr(self, name) not in choices:
                 raise SLMError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
         if not 0 < self.decay_fraction <= 1:
             raise SLMError(f"decay_fraction must be in (0, 1], got {self.decay_fraction!r}")
-        if not 0 < self.muon_lr_scale < float("inf"):
-            raise SLMError(f"muon_lr_scale must be a positive number, got {self.muon_lr_scale!r}")
-        if not 0 <= self.muon_momentum < 1:
-            raise SLMError(f"muon_momentum must be in [0, 1), got {self.muon_momentum!r}")
 
     # ------------------------------------------------------------------------------------------------ model
     def model_config(self, vocab_size: int, eos_token_id: int) -> SLMConfig:
@@ -262,6 +221,7 @@ class TrainingConfig:
         if not isinstance(data, dict):
             raise SLMError(f"a training config must be a mapping of keys to values, got {type(data).__name__}")
         known = [f.name for f in fields(cls)]
+        data = _without_retired_keys(data)
         for key in data:
             if key not in known:
                 raise SLMError(f"unknown config key {key!r}{_suggest(key, known + _dotted_model_keys())}")
@@ -320,6 +280,15 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
 
 
 # ----------------------------------------------------------------------------------------------- helpers
+def _without_retired_keys(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` without the keys of dropped options (`RETIRED_KEYS`) that ask for what training does anyway."""
+    for key, kept in RETIRED_KEYS.items():
+        if key in data and data[key] != kept:
+            raise SLMError(f"{key}: {data[key]!r} is no longer supported (it did not pay: BENCHMARKS.md, History); "
+                           f"remove {key} from the config to train with {kept!r}")
+    return {key: value for key, value in data.items() if key not in RETIRED_KEYS}
+
+
 def _dotted_model_keys() -> list[str]:
     return ["model.preset"] + [f"model.{key}" for key in _model_keys()]
 
@@ -363,54 +332,8 @@ def _check_model_section(model: Any) -> dict[str, Any]:
                 f"unknown model config key 'model.{key}'"
                 f"{_suggest('model.' + key, _dotted_model_keys() + top_level)}"
             )
-        model[key] = _coerce(f"model.{key}", value, hints.get(key, Any))
+        model[key] = coerce(f"model.{key}", value, hints.get(key, Any))
     return model
-
-
-_BOOLEANS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
-
-
-def _coerce(name: str, value: Any, annotation: Any) -> Any:
-    """Convert `value` to `annotation` (bool, int, float, str, a tuple of floats, or optional thereof)."""
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):  # all our unions are `X | None`
-        if value is None:
-            return None
-        (annotation,) = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
-    try:
-        return _convert(value, annotation)
-    except (TypeError, ValueError):
-        type_name = getattr(annotation, "__name__", str(annotation))
-        raise SLMError(f"{name} must be {type_name}, got {value!r}") from None
-
-
-def _convert(value: Any, annotation: Any) -> Any:
-    if annotation is bool:
-        if isinstance(value, str) and value.lower() in _BOOLEANS:
-            return _BOOLEANS[value.lower()]
-        if not isinstance(value, bool):
-            raise TypeError
-        return value
-    if annotation in (int, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise TypeError
-        if annotation is int and isinstance(value, int):
-            return value
-        number = float(value)
-        if annotation is int and not number.is_integer():
-            raise ValueError
-        return annotation(number)
-    if annotation is str:
-        if not isinstance(value, str):
-            raise TypeError
-        return value
-    if typing.get_origin(annotation) is tuple:
-        if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-            raise TypeError
-        items = tuple(_convert(item, float) for item in value)
-        if len(items) != len(typing.get_args(annotation)):
-            raise ValueError
-        return items
-    return value  # dict, Any
 
 
 __all__ = ["TrainingConfig", "apply_overrides", "PRECISIONS", "TRACKERS"]

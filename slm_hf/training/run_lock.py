@@ -17,7 +17,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from .errors import SLMError
+from ..errors import SLMError
 
 LOCK_NAME = ".run.lock"
 HOLDER_NAME = ".run.lock.json"
