@@ -10,6 +10,12 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The test workers (pytest-xdist, one per core) share the machine: one thread each, for the tests and for the scripts
+# they start. Two threads per worker on two cores made the tiny models' many small operations wait on threads another
+# worker held (the same tests took twice as long). A test of the launchers' thread choice sets its own environment.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+if "torch" in sys.modules:  # imported before this file by a plugin: it read the environment already
+    sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS_DIR = REPO_ROOT / "scripts"
