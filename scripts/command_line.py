@@ -2,13 +2,18 @@
 
 Importing slm_hf imports torch and transformers (seconds). A script's `--help`, and its refusal of a bad argument,
 answer before that: each script builds its parser with `ArgumentParser` and imports the library inside `main`, after
-parsing. `exit_on_error` turns the library's `SLMError` (bad input, named in one line) into that line on standard
+parsing; the choices it offers come from the library's standard-library-only modules, loaded by `library_module`.
+`exit_on_error` turns the library's `SLMError` (bad input, named in one line) into that line on standard
 error and exit status 2, and Ctrl-C into exit status 130, without a traceback.
 """
 
 import argparse
 import functools
+import importlib.util
 import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -17,6 +22,17 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def library_module(path: str):
+    """Load one standard-library-only module of the library from its file, e.g. `library_module("slm_hf/choices.py")`,
+    without importing the package: slm_hf/__init__.py registers the model with transformers' Auto classes, which
+    imports torch (seconds), and `--help` must not wait for that. tests/test_entry_points.py checks that each module
+    loaded so imports nothing but the standard library."""
+    spec = importlib.util.spec_from_file_location(f"command_line.{Path(path).stem}", ROOT / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def exit_on_error(main):

@@ -13,18 +13,17 @@ A model that a Llama cannot express (learned positions, LayerNorm, GELU, biases)
 
 import sys
 
-from command_line import ArgumentParser, exit_on_error
+from command_line import ArgumentParser, exit_on_error, library_module
 
-TARGETS = ("llama", "gguf", "onnx")  # slm_hf.exporting.TARGETS; repeated so that --help imports nothing heavy
-GGUF_TYPES = ("f32", "f16", "q8_0")
+choices = library_module("slm_hf/choices.py")
 
 
 def parse_args(argv=None):
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="the model folder, e.g. runs/cpu-demo/final")
-    parser.add_argument("--to", required=True, choices=TARGETS, help="the export format")
+    parser.add_argument("--to", required=True, choices=choices.EXPORT_TARGETS, help="the export format")
     parser.add_argument("--out", required=True, help="the output folder (made if missing; must be empty)")
-    parser.add_argument("--gguf-type", default="f16", choices=GGUF_TYPES,
+    parser.add_argument("--gguf-type", default="f16", choices=choices.GGUF_TYPES,
                         help="weight type of the GGUF file (default f16; norms stay f32)")
     parser.add_argument("--overwrite", action="store_true", help="replace what --out holds")
     return parser.parse_args(argv)

@@ -14,16 +14,16 @@ remote code at all, in transformers 5.x and 4.x). Log in first with `hf auth log
 
 import sys
 
-from command_line import ArgumentParser, exit_on_error
+from command_line import ArgumentParser, exit_on_error, library_module
 
-FORMATS = ("slm", "llama")  # slm_hf.hub.FORMATS; repeated so that --help imports nothing heavy
+choices = library_module("slm_hf/choices.py")
 
 
 def parse_args(argv=None):
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="the model folder, e.g. runs/cpu-demo/final")
     parser.add_argument("--repo-id", required=True, help="the Hub repository, user/name or org/name")
-    parser.add_argument("--format", default="slm", choices=FORMATS,
+    parser.add_argument("--format", default="slm", choices=choices.PUSH_FORMATS,
                         help="slm: the folder as it is (remote code); llama: its Llama export (no remote code)")
     parser.add_argument("--private", action="store_true", help="create the repository as private")
     parser.add_argument("--revision", default=None, help="branch to upload to (created if missing; default main)")

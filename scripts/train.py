@@ -8,12 +8,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from command_line import ArgumentParser, exit_on_error
+from command_line import ArgumentParser, exit_on_error, library_module
 
-# slm_hf.training.config's PRECISIONS and TRACKERS, spelled out so that parsing imports nothing heavy (a test checks
-# that they agree).
-PRECISIONS = ("auto", "no", "fp16", "bf16")
-TRACKERS = ("none", "tensorboard", "wandb")
+choices = library_module("slm_hf/choices.py")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -27,8 +24,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="continue a run: 'auto' from the newest complete checkpoint in --out (or start afresh), "
         "or from the checkpoint folder PATH",
     )
-    parser.add_argument("--mixed-precision", choices=PRECISIONS, help="overrides the config's mixed_precision")
-    parser.add_argument("--report-to", choices=TRACKERS, help="overrides the config's report_to")
+    parser.add_argument("--mixed-precision", choices=choices.PRECISIONS, help="overrides the config's mixed_precision")
+    parser.add_argument("--report-to", choices=choices.TRACKERS, help="overrides the config's report_to")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier run's outputs in --out")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     return parser.parse_intermixed_args(argv)  # key=value overrides may come before, between or after the flags

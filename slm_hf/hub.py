@@ -36,6 +36,7 @@ from huggingface_hub.utils import filter_repo_objects
 from huggingface_hub.utils._paths import DEFAULT_IGNORE_PATTERNS
 from transformers.dynamic_module_utils import get_relative_imports
 
+from .choices import PUSH_FORMATS
 from .errors import SLMError, folder_problem
 from .exporting.to_llama import export_llama
 from .model_card import check_model_card, render_model_card, write_model_card
@@ -73,8 +74,6 @@ UPLOAD_IGNORE = [
     "*.tmp",
 ]
 LOAD_TIMEOUT_S = 300
-# What can be pushed: the model folder as it is (our code, loaded with trust_remote_code), or its Llama export.
-FORMATS = ("slm", "llama")
 LLAMA_REQUIRED_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                         "README.md", "model.safetensors")
 
@@ -248,8 +247,8 @@ def _checked_upload(upload_dir: Path, card: Path, repo_id: str, dry_run: bool, r
 
 
 def _check_push_arguments(format: str, repo_id: str) -> None:
-    if format not in FORMATS:
-        raise SLMError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
+    if format not in PUSH_FORMATS:
+        raise SLMError(f"unknown format {format!r}; choose one of {', '.join(PUSH_FORMATS)}")
     if not repo_id or repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise SLMError(f"repo id {repo_id!r} should look like 'user/model-name'")
 

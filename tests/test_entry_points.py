@@ -3,8 +3,10 @@
 types, and app.py names a missing local folder without trying the Hub.
 """
 
+import ast
 import os
 import pty
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -80,21 +82,16 @@ def test_app_names_a_missing_local_folder_without_the_hub(name, tmp_path):
     assert lines[-1] == "imported: nothing"
 
 
-def load_script(name: str):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"choices_{name}", ROOT / "scripts" / f"{name}.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
-
-
-def test_the_scripts_offer_the_librarys_choices():
-    """The choices the scripts spell out (so that parsing imports nothing heavy) are the library's."""
-    from slm_hf import exporting, hub
-    from slm_hf.training import config as training_config
-
-    train = load_script("train")
-    assert train.PRECISIONS == training_config.PRECISIONS and train.TRACKERS == training_config.TRACKERS
-    assert load_script("push_to_hub").FORMATS == hub.FORMATS
-    assert load_script("export").TARGETS == exporting.TARGETS
+def test_the_modules_the_scripts_load_import_only_the_standard_library():
+    """`command_line.library_module` loads a library module without slm_hf/__init__.py (which imports torch): the
+    module must need nothing else, neither slm_hf nor a third-party package."""
+    calls = re.findall(r'library_module\("([^"]+)"\)', "".join(path.read_text() for path in ROOT.glob("scripts/*.py")))
+    assert "slm_hf/choices.py" in calls
+    for path in set(calls):
+        imported = set()
+        for node in ast.walk(ast.parse((ROOT / path).read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name.partition(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                imported.add("." * node.level + (node.module or "").partition(".")[0])
+        assert imported <= sys.stdlib_module_names, f"{path} imports {sorted(imported - sys.stdlib_module_names)}"

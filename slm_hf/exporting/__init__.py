@@ -16,14 +16,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..choices import EXPORT_TARGETS
 from ..errors import SLMError
-
-TARGETS = ("llama", "gguf", "onnx")
 
 
 def export_model(model_dir: str | os.PathLike, target: str, out_dir: str | os.PathLike, **options) -> Path:
-    """Export the SLM model folder `model_dir` for `target` (one of `TARGETS`) into `out_dir`; returns the path
-    written (the folder, or the .gguf file). `options` go to the target's exporter."""
+    """Export the SLM model folder `model_dir` for `target` (one of `slm_hf.choices.EXPORT_TARGETS`) into
+    `out_dir`; returns the path written (the folder, or the .gguf file). `options` go to the target's exporter."""
     if target == "llama":
         from .to_llama import export_llama
 
@@ -36,7 +35,7 @@ def export_model(model_dir: str | os.PathLike, target: str, out_dir: str | os.Pa
         from .to_onnx import export_onnx
 
         return export_onnx(model_dir, out_dir, **options)
-    raise SLMError(f"unknown export target {target!r}; choose one of {', '.join(TARGETS)}")
+    raise SLMError(f"unknown export target {target!r}; choose one of {', '.join(EXPORT_TARGETS)}")
 
 
-__all__ = ["TARGETS", "export_model"]
+__all__ = ["export_model"]

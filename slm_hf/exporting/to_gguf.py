@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic_files import atomic_path
+from ..choices import GGUF_TYPES
 from ..errors import SLMError
 from .to_llama import (
     _export_name,
@@ -35,7 +36,6 @@ from .to_llama import (
     read_slm_config,
 )
 
-GGUF_TYPES = ("f32", "f16", "q8_0")
 # Hugging Face Llama weight names (after `llama_state_dict`) -> GGUF tensor names; `{i}` is the layer.
 _TENSOR_NAMES = {
     "model.embed_tokens.weight": "token_embd.weight",

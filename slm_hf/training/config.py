@@ -27,12 +27,11 @@ from typing import Any
 import yaml
 
 from ..atomic_files import write_text
+from ..choices import PRECISIONS, TRACKERS
 from ..configuration_slm import PRESETS, SLMConfig
 from ..errors import SLMError
 from .config_values import coerce, read_yaml
 
-PRECISIONS = ("auto", "no", "fp16", "bf16")
-TRACKERS = ("none", "tensorboard", "wandb")
 LR_SCHEDULES = ("cosine", "wsd")
 # Options measured and dropped (BENCHMARKS.md, History: the quality runs of 2026-12-03 and 2026-12-04, `ours+muon3-*`
 # against AdamW, `ours+stories-10min` against windows that start anywhere). A config saved by an earlier version
@@ -336,4 +335,4 @@ def _check_model_section(model: Any) -> dict[str, Any]:
     return model
 
 
-__all__ = ["TrainingConfig", "apply_overrides", "PRECISIONS", "TRACKERS"]
+__all__ = ["TrainingConfig", "apply_overrides"]

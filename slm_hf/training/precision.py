@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import torch
 from accelerate import Accelerator
 
+from ..choices import PRECISIONS
 from ..configuration_slm import SLMConfig
 from ..errors import SLMError
 from .launchers import Launch, launcher_precision
-from .config import PRECISIONS
 
 
 @dataclass(frozen=True)
