@@ -29,9 +29,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from machine import write_results  # noqa: E402
 
+from slm_hf.data import read_stories  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TEXT_DIR = ROOT.parents[0] / "shared" / "data" / "tinystories"
 TINY = ROOT / "configs" / "tiny.yaml"
+SAMPLE_S = 0.2  # how often the process tree's memory is sampled
+SPOT_CHECKS = 5  # stories decoded from each train.bin and looked up among the source's
 
 
 def peak_rss_mb() -> float:
@@ -43,8 +47,6 @@ def peak_rss_mb() -> float:
 
 def build_corpus(text_dir: Path, folder: Path, size_mb: float, jsonl: bool) -> dict:
     """train.txt repeated up to `size_mb` MB (and valid.txt) in `folder`; with `jsonl`, the same as .jsonl files."""
-    from slm_hf.data import read_stories
-
     folder.mkdir(parents=True, exist_ok=True)
     source = (text_dir / "train.txt").read_bytes()
     copies = max(1, round(size_mb * 1e6 / len(source)))
@@ -102,26 +104,68 @@ def child_train(data: str, out: str, steps: int) -> None:
 
 
 def in_child(*args: str) -> dict:
-    result = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, cwd=ROOT)
-    if result.returncode != 0:
-        raise SystemExit(f"child {args} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    """Run this script's `args` mode in a child process; its JSON line, with the process tree's peak memory (sampled
+    every SAMPLE_S: the child and every process it starts, summed) and the CPU-seconds the tree used."""
+    import psutil
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    process = subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, cwd=ROOT)
+    tree_peak = anon_peak = 0
+    parent = psutil.Process(process.pid)
+    while process.poll() is None:
+        rss = anon = 0
+        try:
+            for member in [parent, *parent.children(recursive=True)]:
+                memory = member.memory_info()
+                rss, anon = rss + memory.rss, anon + memory.rss - memory.shared
+        except psutil.NoSuchProcess:
+            pass  # a member ended between the listing and the reading: the next sample counts the rest
+        tree_peak, anon_peak = max(tree_peak, rss), max(anon_peak, anon)
+        time.sleep(SAMPLE_S)
+    stdout, stderr = process.communicate()
+    if process.returncode != 0:
+        raise SystemExit(f"child {args} failed:\n{stderr[-3000:]}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    measured = json.loads(stdout.strip().splitlines()[-1])
+    cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    # The peak a child reports itself (getrusage: exact, but one process at a time) or the tree's sampled sum.
+    return {**measured, "peak_rss_mb": max(measured["peak_rss_mb"], tree_peak / 1e6), "cpu_s": cpu_s,
+            "peak_anon_mb": anon_peak / 1e6}
 
 
-def check_folder(out: Path, expected_stories: int) -> dict:
-    """train.bin against meta.json: size, token count, one <|endoftext|> per story, stories as many as expected."""
+def check_folder(out: Path, expected_stories: int, source_stories: set[str]) -> dict:
+    """train.bin against meta.json (size, token count, one <|endoftext|> per story, stories as many as expected), and
+    SPOT_CHECKS stories spread over it decoded with the folder's tokenizer: each must be one of the source's."""
     import numpy as np
+    from tokenizers import Tokenizer
 
     meta = json.loads((out / "meta.json").read_text())
     train = meta["splits"]["train"]
+    eos = meta["eos_token_id"]
     tokens = np.memmap(out / "train.bin", dtype=meta["dtype"], mode="r")
-    ends = sum(int((tokens[i:i + (1 << 24)] == meta["eos_token_id"]).sum()) for i in range(0, len(tokens), 1 << 24))
+    ends = sum(int((tokens[i:i + (1 << 24)] == eos).sum()) for i in range(0, len(tokens), 1 << 24))
+    tokenizer = Tokenizer.from_file(str(out / meta["tokenizer"]["path"] / "tokenizer.json"))
+    decoded = []
+    for start in np.linspace(0, len(tokens) - 1, SPOT_CHECKS, dtype=np.int64):
+        window = np.asarray(tokens[max(0, start - 1):start + (1 << 16)])
+        bounds = np.flatnonzero(window == eos)  # the story after the first end-of-text at or after `start`
+        first = 0 if start == 0 else bounds[0] + 1
+        if start == len(tokens) - 1:  # the last story: from the end-of-text before it
+            window = np.asarray(tokens[max(0, start - (1 << 16)):])
+            bounds = np.flatnonzero(window[:-1] == eos)
+            first, last = bounds[-1] + 1, len(window) - 1
+        else:
+            last = bounds[bounds >= first][0]
+        decoded.append(tokenizer.decode(window[first:last].tolist()))
     checks = {"size_matches_tokens": len(tokens) == train["tokens"], "one_eos_per_story": ends == train["stories"],
               "stories_all_there": train["stories"] + meta["splits"]["val"]["stories"] >= expected_stories,
-              "ends_with_eos": int(tokens[-1]) == meta["eos_token_id"]}
+              "ends_with_eos": int(tokens[-1]) == eos,
+              "spot_decoded_stories_found": all(story.strip() in source_stories for story in decoded)}
     if not all(checks.values()):
-        raise SystemExit(f"{out}: train.bin fails {checks}")
-    return {"train_tokens": train["tokens"], "train_stories": train["stories"], **checks}
+        raise SystemExit(f"{out}: train.bin fails {checks}; decoded: {[story[:80] for story in decoded]}")
+    return {"train_tokens": train["tokens"], "train_stories": train["stories"], "spot_decoded": len(decoded),
+            "vocab_size": meta["vocab_size"], **checks}
 
 
 def main() -> None:
@@ -142,6 +186,7 @@ def main() -> None:
     os.environ["HF_DATASETS_CACHE"] = str(work / "datasets_cache")  # the children's Arrow files stay in `work`
     results = {"note": args.note, "tokenizer": str(args.tokenizer or "trained by prepare_data"), "sizes": []}
     folders = {}
+    source_stories = set(read_stories(args.text_dir / "train.txt"))
     try:
         for size in args.sizes_mb:
             corpus_dir = work / f"corpus-{size:g}mb"
@@ -150,10 +195,14 @@ def main() -> None:
                 source = corpus_dir if path == "text" else work / f"corpus-{size:g}mb-jsonl"
                 out = work / f"data-{size:g}mb-{path}"
                 measured = in_child("--child-prepare", str(source), str(out), str(args.tokenizer or ""))
-                record = {"size_mb": size, "path": path, "text_bytes": corpus["bytes"],
-                          "seconds": round(measured["seconds"], 2), "peak_rss_mb": round(measured["peak_rss_mb"], 1),
-                          "mb_per_s": round(corpus["bytes"] / 1e6 / measured["seconds"], 2),
-                          **check_folder(out, corpus["stories"])}
+                mb = corpus["bytes"] / 1e6
+                record = {"size_mb": size, "path": path, "tokenizer": "given" if args.tokenizer else "trained",
+                          "text_bytes": corpus["bytes"], "seconds": round(measured["seconds"], 2),
+                          "peak_rss_mb": round(measured["peak_rss_mb"], 1),
+                          "peak_anon_mb": round(measured["peak_anon_mb"], 1),
+                          "mb_per_s": round(mb / measured["seconds"], 2), "cpu_s": round(measured["cpu_s"], 1),
+                          "cpu_s_per_mb": round(measured["cpu_s"] / mb, 3),
+                          **check_folder(out, corpus["stories"], source_stories)}
                 print(json.dumps(record), flush=True)
                 results["sizes"].append(record)
                 folders[(size, path)] = out
