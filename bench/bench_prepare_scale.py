@@ -1,16 +1,22 @@
 """prepare_data at the full dataset's size: peak memory and throughput as the corpus grows, and training from it.
 
     python bench/bench_prepare_scale.py --sizes-mb 20 100            # minutes on 2 cores
-    python bench/bench_prepare_scale.py --sizes-mb 1900 --paths text # TinyStories' training size (~8 minutes)
+    python bench/bench_prepare_scale.py --sizes-mb 20 100 1900 --paths text --work /tmp/scale   # TinyStories' size
+    python bench/bench_prepare_scale.py --sizes-mb --train-from /tmp/scale/data-1900mb-text     # train from it
 
 Each corpus is the shared TinyStories train.txt repeated up to the size asked (valid.txt as its validation file),
-built in a temporary folder (--work, default under /tmp; never committed). For each size and path:
+built in a temporary folder (--work, default a new one under /tmp, deleted at the end; never committed). For each
+size and path:
 - "text": prepare_data on the folder of .txt files (streamed by slm_hf.data.StoryFiles);
-- "datasets": prepare_data on the same stories as a .jsonl file (read by the `datasets` library, Arrow cache);
-prepare_data runs in a child process, which reports its peak RSS (getrusage); MB/s is text bytes / wall seconds,
-(with --tokenizer, a given tokenizer: reading and tokenizing only), and train.bin is checked (its size, the token count and the story count meta.json gives, one <|endoftext|> per
-story). With --train, a short training run starts from the largest folder and from the smallest: the start-up
-(plan and start: nothing proportional to the corpus should be there), tokens/s and peak RSS of each.
+- "datasets": prepare_data on the same stories as one .jsonl file per split (streamed by the `datasets` library);
+the tokenizer is trained by prepare_data on at most 100,000 stories, as `make demo` does (--tokenizer: a given one,
+measuring reading and tokenizing only). prepare_data runs in a child process; the figures: the peak memory of the
+process tree (sampled; its anonymous part beside it, the rest being mapped files), MB/s (text bytes / wall seconds:
+it depends on how busy the machine is), CPU-seconds per MB (it does not), and train.bin checked (its size, the token
+count and the story count meta.json gives, one <|endoftext|> per story, stories spot-decoded and found in the source).
+With --train or --train-from, short runs of the tiny preset train from the shipped sample (the reference) and from
+the large folders, with windows starting anywhere and at stories, and one resumes: start-up, tokens/s, the batches
+drawn (evaluation's: eval_iters, whatever the split's size) and the memory (the memmap's pages are file-backed).
 Results: one JSON via bench/machine.write_results.
 """
 
@@ -35,14 +41,18 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TEXT_DIR = ROOT.parents[0] / "shared" / "data" / "tinystories"
 TINY = ROOT / "configs" / "tiny.yaml"
 SAMPLE_S = 0.2  # how often the process tree's memory is sampled
+EVAL_ITERS = 4  # evaluation batches of each split, in the training runs
 SPOT_CHECKS = 5  # stories decoded from each train.bin and looked up among the source's
 
 
 def peak_rss_mb() -> float:
-    """The peak resident memory of this process and of its finished children, in MB (Linux reports KiB)."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, children) * 1024 / 1e6
+    """The peak resident memory of this process (VmHWM) and of its finished children (getrusage), in MB.
+
+    Not getrusage for this process: Linux carries a parent's peak over into a child it starts (exec keeps it), so a
+    child of a large parent would report the parent's peak."""
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+    own_kib = int(status["VmHWM"].split()[0])
+    return max(own_kib, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) * 1024 / 1e6
 
 
 def build_corpus(text_dir: Path, folder: Path, size_mb: float, jsonl: bool) -> dict:
@@ -76,31 +86,65 @@ def child_prepare(source: str, out: str, tokenizer: str = "") -> None:
     print(json.dumps({"seconds": time.perf_counter() - started, "peak_rss_mb": peak_rss_mb()}))
 
 
-def child_train(data: str, out: str, steps: int) -> None:
-    """(In a child process.) Plan and start a tiny run on `data`, then train `steps` steps; print the timings."""
-    started = time.perf_counter()
+def child_train(data: str, out: str, steps: int, window_starts: str, resume: str = "") -> None:
+    """(In a child process.) Train the tiny preset `steps` steps on `data` through `train()`, as scripts/train.py does
+    (with `resume`, continue the run in `out`); print the timings and the memory as JSON.
+
+    The start-up is the time from `train()` to the first batch drawn from the token array (the data is then ready):
+    anything proportional to the corpus (reading or hashing train.bin) would show there. Every batch drawn is counted:
+    evaluation's are fixed (eval_iters of each split), whatever the split's size."""
+    called = time.perf_counter()
     import torch
 
-    from slm_hf.training.loop import train_and_export
-    from slm_hf.training.outputs import prepare_output_dir
-    from slm_hf.training.run import plan_run
-    from slm_hf.training.start import start
+    from slm_hf.training import TokenWindows, train
     from slm_hf.training_config import TrainingConfig
 
     torch.set_num_threads(1)
+    drawn = []
+    draw = TokenWindows.batch
+
+    def counted_batch(self, *key):
+        drawn.append(time.perf_counter())
+        return draw(self, *key)
+
+    TokenWindows.batch = counted_batch
     config = TrainingConfig.load(TINY, [f"max_steps={steps}", f"eval_interval={steps}", "sample_tokens=0",
-                                        "eval_iters=4", "save_interval=100000"])
+                                        f"eval_iters={EVAL_ITERS}", f"save_interval={steps // 2}",
+                                        f"window_starts={window_starts}"])
     imported = time.perf_counter()
-    setup = plan_run(config, data, out, None, False)
-    prepare_output_dir(setup.out_dir, False, setup.distributed)
-    run, state = start(setup, None)
-    started_run = time.perf_counter()
-    train_and_export(run, state)
-    trained = time.perf_counter()
-    print(json.dumps({"imports_s": imported - started, "start_up_s": started_run - imported,
-                      "train_s": trained - started_run, "tokens": state.saved.tokens,
-                      "tokens_per_s": state.saved.tokens / (trained - started_run),
-                      "train_tokens_in_folder": setup.data_summary["train_tokens"], "peak_rss_mb": peak_rss_mb()}))
+    outcome = train(config, data, out, resume=resume or None)
+    finished = time.perf_counter()
+    records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+    speeds = [record["tokens_per_s"] for record in records if "tokens_per_s" in record][1:]  # the first: warm-up
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+    print(json.dumps({"imports_s": imported - called, "start_up_s": drawn[0] - imported, "train_s": finished - drawn[0],
+                      "step": outcome.step, "batches_drawn": len(drawn),
+                      "tokens_per_s": sum(speeds) / len(speeds), "peak_rss_mb": peak_rss_mb(),
+                      "rss_anon_mb_at_end": int(status["RssAnon"].split()[0]) / 1e3,
+                      "rss_file_mb_at_end": int(status["RssFile"].split()[0]) / 1e3}))
+
+
+def train_from(folders: dict[str, Path], work: Path, steps: int) -> dict:
+    """Train from each folder, with windows starting anywhere and at stories; then resume the first from its
+    mid-run checkpoint. {label: {window_starts: measured}}."""
+    from slm_hf.training import list_checkpoints
+
+    trained = {}
+    for label, folder in folders.items():
+        meta = json.loads((folder / "meta.json").read_text())
+        trained[label] = {"train_tokens_in_folder": meta["splits"]["train"]["tokens"],
+                          "train_bin_mb": round((folder / "train.bin").stat().st_size / 1e6, 1)}
+        for starts in ("anywhere", "stories"):
+            out = work / f"run-{label}-{starts}"
+            shutil.rmtree(out, ignore_errors=True)
+            trained[label][starts] = in_child("--child-train", str(folder), str(out), str(steps), starts)
+            print(json.dumps({"label": label, "window_starts": starts, **trained[label][starts]}), flush=True)
+        out = work / f"run-{label}-anywhere"  # resume from the mid-run checkpoint: drop what came after it
+        for later in [*list_checkpoints(out)[1:], out / "final", out / "best"]:
+            shutil.rmtree(later, ignore_errors=True)
+        trained[label]["resumed"] = in_child("--child-train", str(folder), str(out), str(steps), "anywhere", "auto")
+        print(json.dumps({"label": label, "resumed": trained[label]["resumed"]}), flush=True)
+    return trained
 
 
 def in_child(*args: str) -> dict:
@@ -170,14 +214,16 @@ def check_folder(out: Path, expected_stories: int, source_stories: set[str]) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes-mb", type=float, nargs="+", default=[20, 100])
+    parser.add_argument("--sizes-mb", type=float, nargs="*", default=[20, 100])
     parser.add_argument("--paths", nargs="+", choices=["text", "datasets"], default=["text", "datasets"])
     parser.add_argument("--text-dir", type=Path, default=DEFAULT_TEXT_DIR)
     parser.add_argument("--work", type=Path, default=None, help="temporary folder (default: a new one under /tmp)")
     parser.add_argument("--tokenizer", type=Path, default=None,
                         help="a tokenizer folder to use instead of training one (measures reading and tokenizing)")
-    parser.add_argument("--train", action="store_true", help="also train from the largest and smallest folders")
-    parser.add_argument("--train-steps", type=int, default=60)
+    parser.add_argument("--train", action="store_true", help="also train from the sample and the largest folder")
+    parser.add_argument("--train-from", type=Path, nargs="+", default=[],
+                        help="prepared data folders to train from (with the sample), e.g. an earlier run's --work")
+    parser.add_argument("--train-steps", type=int, default=40)
     parser.add_argument("--note", default="", help="e.g. 'machine busy: 4 engineers share 2 cores'")
     parser.add_argument("--out", type=Path, default=None, help="the results file (default: bench/results/...)")
     args = parser.parse_args()
@@ -210,15 +256,19 @@ def main() -> None:
                 shutil.rmtree(work / f"corpus-{size:g}mb-jsonl")
         for path in args.paths:
             peaks = [r["peak_rss_mb"] for r in results["sizes"] if r["path"] == path]
-            results[f"{path}_peak_rss_growth"] = round(max(peaks) / min(peaks), 3)
-        if args.train:
-            path = args.paths[0]
-            results["training"] = {}
-            for size in (min(args.sizes_mb), max(args.sizes_mb)):
-                measured = in_child("--child-train", str(folders[(size, path)]), str(work / f"run-{size:g}mb"),
-                                    str(args.train_steps))
-                print(json.dumps({"size_mb": size, **measured}), flush=True)
-                results["training"][f"{size:g}mb"] = measured
+            if peaks:
+                results[f"{path}_peak_rss_growth"] = round(max(peaks) / min(peaks), 3)
+        if args.train or args.train_from:
+            # The shipped sample, prepared as `make demo` does: the reference the large folders must equal.
+            from slm_hf.data import prepare_data
+
+            train_folders = {"sample": prepare_data("sample", out_dir=work / "data-sample", show_progress=False).directory}
+            if args.train:
+                path = args.paths[0]
+                largest = max(args.sizes_mb)
+                train_folders[f"{largest:g}mb"] = folders[(largest, path)]
+            train_folders.update((folder.name, folder) for folder in args.train_from)
+            results["training"] = train_from(train_folders, work, args.train_steps)
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -229,6 +279,6 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--child-prepare"]:
         child_prepare(*sys.argv[2:5])
     elif sys.argv[1:2] == ["--child-train"]:
-        child_train(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        child_train(sys.argv[2], sys.argv[3], int(sys.argv[4]), *sys.argv[5:7])
     else:
         main()

@@ -261,6 +261,7 @@ def prepare_scale_body(records: list[Record]) -> str:
                     trained.append({"folder": folder, "train tokens": runs.get("train_tokens_in_folder", "-"),
                                     "run": name,
                                     "start-up s": run["start_up_s"], "tokens/s": run["tokens_per_s"],
+                                    "CPU s": run.get("cpu_s", "-"),
                                     "batches drawn": run.get("batches_drawn", "-"), "peak RSS MB": run["peak_rss_mb"],
                                     "anonymous MB at end": run.get("rss_anon_mb_at_end", "-"),
                                     "commit": record.commit, "file": record.path.name})
