@@ -7,6 +7,8 @@ import torch
 
 from ..errors import SLMError
 
+SCAN_TOKENS = 1 << 24  # tokens compared at a time when finding the story starts
+
 
 class TokenWindows:
     """Random training windows of a token array: inputs `tokens[i : i + T]`, targets `tokens[i + 1 : i + T + 1]`.
@@ -41,7 +43,11 @@ class TokenWindows:
         last_start = len(tokens) - len(self.offsets)
         self.starts = None
         if story_start_token is not None:
-            self.starts = np.flatnonzero(tokens[: last_start + 1] == story_start_token)
+            # One pass over the array, a slice at a time: comparing it whole would allocate a byte per token.
+            self.starts = np.concatenate([
+                np.flatnonzero(tokens[i : min(i + SCAN_TOKENS, last_start + 1)] == story_start_token) + i
+                for i in range(0, last_start + 1, SCAN_TOKENS)
+            ])
             if len(self.starts) == 0:
                 raise SLMError(f"the data holds no <|endoftext|> (id {story_start_token}) to start windows at")
 
