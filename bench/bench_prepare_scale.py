@@ -40,7 +40,7 @@ from slm_hf.data import read_stories  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TEXT_DIR = ROOT.parents[0] / "shared" / "data" / "tinystories"
 TINY = ROOT / "configs" / "tiny.yaml"
-SAMPLE_S = 0.2  # how often the process tree's memory is sampled
+SAMPLE_S = 0.5  # how often the process tree's memory is sampled
 EVAL_ITERS = 4  # evaluation batches of each split, in the training runs
 SPOT_CHECKS = 5  # stories decoded from each train.bin and looked up among the source's
 
@@ -124,12 +124,11 @@ def child_train(data: str, out: str, steps: int, window_starts: str, resume: str
                       "rss_file_mb_at_end": int(status["RssFile"].split()[0]) / 1e3}))
 
 
-def train_from(folders: dict[str, Path], work: Path, steps: int) -> dict:
+def train_from(folders: dict[str, Path], work: Path, steps: int, trained: dict, save) -> None:
     """Train from each folder, with windows starting anywhere and at stories; then resume the first from its
-    mid-run checkpoint. {label: {window_starts: measured}}."""
+    mid-run checkpoint. Fills `trained` ({label: {window_starts: measured}}), calling `save` after each run."""
     from slm_hf.training import list_checkpoints
 
-    trained = {}
     for label, folder in folders.items():
         meta = json.loads((folder / "meta.json").read_text())
         trained[label] = {"train_tokens_in_folder": meta["splits"]["train"]["tokens"],
@@ -139,12 +138,13 @@ def train_from(folders: dict[str, Path], work: Path, steps: int) -> dict:
             shutil.rmtree(out, ignore_errors=True)
             trained[label][starts] = in_child("--child-train", str(folder), str(out), str(steps), starts)
             print(json.dumps({"label": label, "window_starts": starts, **trained[label][starts]}), flush=True)
+            save()
         out = work / f"run-{label}-anywhere"  # resume from the mid-run checkpoint: drop what came after it
         for later in [*list_checkpoints(out)[1:], out / "final", out / "best"]:
             shutil.rmtree(later, ignore_errors=True)
         trained[label]["resumed"] = in_child("--child-train", str(folder), str(out), str(steps), "anywhere", "auto")
         print(json.dumps({"label": label, "resumed": trained[label]["resumed"]}), flush=True)
-    return trained
+        save()
 
 
 def in_child(*args: str) -> dict:
@@ -230,9 +230,21 @@ def main() -> None:
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_prepare_scale-", dir="/tmp"))
     os.environ["HF_DATASETS_CACHE"] = str(work / "datasets_cache")  # the children's Arrow files stay in `work`
-    results = {"note": args.note, "tokenizer": str(args.tokenizer or "trained by prepare_data"), "sizes": []}
+    results = {"note": args.note, "tokenizer": str(args.tokenizer or "trained by prepare_data"), "sizes": [],
+               "complete": False}
     folders = {}
     source_stories = set(read_stories(args.text_dir / "train.txt"))
+    written = args.out
+
+    def save() -> None:
+        """Write what is measured so far (a long run stopped early keeps its finished rows; `complete` says)."""
+        nonlocal written
+        for path in args.paths:
+            peaks = [r["peak_rss_mb"] for r in results["sizes"] if r["path"] == path]
+            if peaks:
+                results[f"{path}_peak_rss_growth"] = round(max(peaks) / min(peaks), 3)
+        written = write_results("prepare_scale", results, out=written)
+
     try:
         for size in args.sizes_mb:
             corpus_dir = work / f"corpus-{size:g}mb"
@@ -252,27 +264,28 @@ def main() -> None:
                 print(json.dumps(record), flush=True)
                 results["sizes"].append(record)
                 folders[(size, path)] = out
+                save()
             if "datasets" in args.paths:
                 shutil.rmtree(work / f"corpus-{size:g}mb-jsonl")
-        for path in args.paths:
-            peaks = [r["peak_rss_mb"] for r in results["sizes"] if r["path"] == path]
-            if peaks:
-                results[f"{path}_peak_rss_growth"] = round(max(peaks) / min(peaks), 3)
         if args.train or args.train_from:
             # The shipped sample, prepared as `make demo` does: the reference the large folders must equal.
             from slm_hf.data import prepare_data
 
-            train_folders = {"sample": prepare_data("sample", out_dir=work / "data-sample", show_progress=False).directory}
+            sample = prepare_data("sample", out_dir=work / "data-sample", show_progress=False)
+            train_folders = {"sample": sample.directory}
             if args.train:
                 path = args.paths[0]
                 largest = max(args.sizes_mb)
                 train_folders[f"{largest:g}mb"] = folders[(largest, path)]
             train_folders.update((folder.name, folder) for folder in args.train_from)
-            results["training"] = train_from(train_folders, work, args.train_steps)
+            results["training"] = {}
+            train_from(train_folders, work, args.train_steps, results["training"], save)
+        results["complete"] = True
+        save()
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
-    print(write_results("prepare_scale", results, out=args.out))
+    print(written)
 
 
 if __name__ == "__main__":

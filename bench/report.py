@@ -265,8 +265,9 @@ def prepare_scale_body(records: list[Record]) -> str:
                                     "batches drawn": run.get("batches_drawn", "-"), "peak RSS MB": run["peak_rss_mb"],
                                     "anonymous MB at end": run.get("rss_anon_mb_at_end", "-"),
                                     "commit": record.commit, "file": record.path.name})
-        if results.get("note"):
-            notes.append(f"- `{record.path.name}`: {results['note']}")
+        stopped = " (stopped before it finished: the rows measured are kept)" if results.get("complete") is False else ""
+        if results.get("note") or stopped:
+            notes.append(f"- `{record.path.name}`: {results.get('note', '')}{stopped}")
     parts = [table(rows)] if rows else []
     if trained:
         parts += ["Training from the prepared folders (the tiny preset, a few steps; start-up: from `train()` to the "
