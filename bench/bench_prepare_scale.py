@@ -3,6 +3,7 @@
     python bench/bench_prepare_scale.py --sizes-mb 20 100            # minutes on 2 cores
     python bench/bench_prepare_scale.py --sizes-mb 20 100 1900 --paths text --work /tmp/scale   # TinyStories' size
     python bench/bench_prepare_scale.py --sizes-mb --train-from /tmp/scale/data-1900mb-text     # train from it
+    python bench/bench_prepare_scale.py --sizes-mb --train-from /tmp/scale/data-100mb-text --train-repeat 19
 
 Each corpus is the shared TinyStories train.txt repeated up to the size asked (valid.txt as its validation file),
 built in a temporary folder (--work, default a new one under /tmp, deleted at the end; never committed). For each
@@ -15,7 +16,8 @@ process tree (sampled; its anonymous part beside it, the rest being mapped files
 it depends on how busy the machine is), CPU-seconds per MB (it does not), and train.bin checked (its size, the token
 count and the story count meta.json gives, one <|endoftext|> per story, stories spot-decoded and found in the source).
 With --train or --train-from, short runs of the tiny preset train from the shipped sample (the reference) and from
-the large folders, with windows starting anywhere and at stories, and one resumes: start-up, tokens/s, the batches
+the large folders (--train-repeat: a folder's train.bin repeated, the full dataset's token count without tokenizing
+1.9 GB), with windows starting anywhere and at stories, and each resumes: start-up, tokens/s, the batches
 drawn (evaluation's: eval_iters, whatever the split's size) and the memory (the memmap's pages are file-backed).
 Results: one JSON via bench/machine.write_results.
 """
@@ -124,6 +126,24 @@ def child_train(data: str, out: str, steps: int, window_starts: str, resume: str
                       "rss_file_mb_at_end": int(status["RssFile"].split()[0]) / 1e3}))
 
 
+def repeated_folder(folder: Path, out: Path, copies: int) -> Path:
+    """A data folder whose train.bin is `folder`'s repeated `copies` times (meta.json's counts to match): a corpus of
+    the full dataset's token count in seconds, for training from it (training sees tokens only)."""
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(folder / "tokenizer", out / "tokenizer", dirs_exist_ok=True)
+    shutil.copyfile(folder / "val.bin", out / "val.bin")
+    with open(folder / "train.bin", "rb") as source, open(out / "train.bin", "wb") as target:
+        for _ in range(copies):
+            source.seek(0)
+            shutil.copyfileobj(source, target, 1 << 24)
+    meta = json.loads((folder / "meta.json").read_text())
+    train = meta["splits"]["train"]
+    train.update(tokens=train["tokens"] * copies, stories=train["stories"] * copies, bytes=train["bytes"] * copies)
+    meta["source_description"] = f"{folder.name} x {copies} (train.bin repeated by bench_prepare_scale.py)"
+    (out / "meta.json").write_text(json.dumps(meta, indent=2))
+    return out
+
+
 def train_from(folders: dict[str, Path], work: Path, steps: int, trained: dict, save) -> None:
     """Train from each folder, with windows starting anywhere and at stories; then resume the first from its
     mid-run checkpoint. Fills `trained` ({label: {window_starts: measured}}), calling `save` after each run."""
@@ -224,6 +244,8 @@ def main() -> None:
     parser.add_argument("--train-from", type=Path, nargs="+", default=[],
                         help="prepared data folders to train from (with the sample), e.g. an earlier run's --work")
     parser.add_argument("--train-steps", type=int, default=40)
+    parser.add_argument("--train-repeat", type=int, default=1,
+                        help="also train from each --train-from folder with its train.bin repeated this many times")
     parser.add_argument("--note", default="", help="e.g. 'machine busy: 4 engineers share 2 cores'")
     parser.add_argument("--out", type=Path, default=None, help="the results file (default: bench/results/...)")
     args = parser.parse_args()
@@ -233,7 +255,7 @@ def main() -> None:
     results = {"note": args.note, "tokenizer": str(args.tokenizer or "trained by prepare_data"), "sizes": [],
                "complete": False}
     folders = {}
-    source_stories = set(read_stories(args.text_dir / "train.txt"))
+    source_stories = set(read_stories(args.text_dir / "train.txt")) if args.sizes_mb else set()
     written = args.out
 
     def save() -> None:
@@ -278,6 +300,9 @@ def main() -> None:
                 largest = max(args.sizes_mb)
                 train_folders[f"{largest:g}mb"] = folders[(largest, path)]
             train_folders.update((folder.name, folder) for folder in args.train_from)
+            for folder in args.train_from if args.train_repeat > 1 else []:
+                name = f"{folder.name}-x{args.train_repeat}"
+                train_folders[name] = repeated_folder(folder, work / name, args.train_repeat)
             results["training"] = {}
             train_from(train_folders, work, args.train_steps, results["training"], save)
         results["complete"] = True
