@@ -263,7 +263,7 @@ def prepare_scale_body(records: list[Record]) -> str:
                                     "start-up s": run["start_up_s"], "tokens/s": run["tokens_per_s"],
                                     "CPU s": run.get("cpu_s", "-"),
                                     "batches drawn": run.get("batches_drawn", "-"), "peak RSS MB": run["peak_rss_mb"],
-                                    "anonymous MB at end": run.get("rss_anon_mb_at_end", "-"),
+                                    "of it anonymous MB": run.get("peak_anon_mb", "-"),
                                     "commit": record.commit, "file": record.path.name})
         stopped = " (stopped before it finished: the rows measured are kept)" if results.get("complete") is False else ""
         if results.get("note") or stopped:
@@ -271,7 +271,8 @@ def prepare_scale_body(records: list[Record]) -> str:
     parts = [table(rows)] if rows else []
     if trained:
         parts += ["Training from the prepared folders (the tiny preset, a few steps; start-up: from `train()` to the "
-                  "first batch drawn):", table(trained)]
+                  "first batch drawn; the resident memory beyond the anonymous part is mapped files, train.bin's "
+                  "pages among them: the page cache's, shared and reclaimable, not a copy):", table(trained)]
     return "\n\n".join(parts + ["Notes:\n\n" + "\n".join(notes)] * bool(notes))
 
 
