@@ -271,13 +271,66 @@ def serve_body(results: dict) -> str:
     return "\n\n".join([" ".join(lines), table(rows)])
 
 
+def prepare_scale_body(records: list[Record]) -> str:
+    """Every prepare_scale file in one table per measurement (newest first): preparing, then training from it."""
+    rows, trained, notes = [], [], []
+    for record in records:
+        results = record.results
+        given = results.get("tokenizer", "trained by prepare_data") != "trained by prepare_data"
+        for row in results.get("sizes", []):
+            checks = [value for key, value in row.items() if isinstance(value, bool)]
+            rows.append({"corpus MB": round(row["text_bytes"] / 1e6), "path": row["path"],
+                         "tokenizer": row.get("tokenizer") or ("given" if given else "trained"),
+                         "peak RSS MB": row["peak_rss_mb"], "of it anonymous MB": row.get("peak_anon_mb", "-"),
+                         "MB/s": row["mb_per_s"], "CPU-s/MB": row.get("cpu_s_per_mb", "-"),
+                         "train tokens": row["train_tokens"], "train.bin checks": "pass" if all(checks) else "FAIL",
+                         "commit": record.commit, "file": record.path.name})
+        for folder, runs in results.get("training", {}).items():
+            names = {"anywhere": "windows start anywhere", "stories": "windows start at stories", "resumed": "resumed"}
+            if "start_up_s" in runs:  # the first files: one run per folder, start-up timed from planning the run
+                runs = {"train_tokens_in_folder": runs.get("train_tokens_in_folder"), "old": runs}
+                names = {"old": "windows start anywhere (start-up: plan_run + start)"}
+            for label, name in names.items():
+                if label in runs:
+                    run = runs[label]
+                    trained.append({"folder": folder, "train tokens": runs.get("train_tokens_in_folder", "-"),
+                                    "run": name,
+                                    "start-up s": run["start_up_s"], "tokens/s": run["tokens_per_s"],
+                                    "CPU s": run.get("cpu_s", "-"),
+                                    "batches drawn": run.get("batches_drawn", "-"), "peak RSS MB": run["peak_rss_mb"],
+                                    "of it anonymous MB": run.get("peak_anon_mb", "-"),
+                                    "commit": record.commit, "file": record.path.name})
+        stopped = " (stopped before it finished: the rows measured are kept)" if results.get("complete") is False else ""
+        if results.get("note") or stopped:
+            notes.append(f"- `{record.path.name}`: {results.get('note', '')}{stopped}")
+    parts = [table(rows)] if rows else []
+    if trained:
+        parts += ["Training from the prepared folders (the tiny preset, a few steps; start-up: from `train()` to the "
+                  "first batch drawn; the resident memory beyond the anonymous part is mapped files, train.bin's "
+                  "pages among them: the page cache's, shared and reclaimable, not a copy):", table(trained)]
+    return "\n\n".join(parts + ["Notes:\n\n" + "\n".join(notes)] * bool(notes))
+
+
+def gpu_check_body(results: dict) -> str:
+    """One row per part: its status and the figures it recorded."""
+    rows = [{"part": name, "status": part.get("status"),
+             **{key: value for key, value in part.items() if isinstance(value, (int, float)) and key != "passed"}}
+            for name, part in results.get("parts", {}).items()]
+    return table(rows) if rows else generic(results)
+
+
 @dataclass
 class Section:
-    """How one benchmark is shown: a title, what it measures (prose without figures) and a renderer of its results."""
+    """How one benchmark is shown: a title, what it measures (prose without figures) and a renderer of its results.
+
+    `across_files` renders every file of the benchmark (newest first) in its current section, instead of one section
+    per file; `missing` is shown when no results file of the benchmark exists."""
 
     title: str
     about: str = ""
     body: callable = field(default=generic)
+    across_files: callable = None
+    missing: str = ""
 
 
 SECTIONS = {
@@ -323,6 +376,21 @@ SECTIONS = {
     "bench_suite": Section(
         "`make bench`: what each piece cost", "The wall time of each piece of the last `make bench` (bench/suite.py) "
         "on this CPU, and its exit status (0: the piece wrote its results)."),
+    "prepare_scale": Section(
+        "Preparing the full dataset's size", "`prepare_data` on TinyStories' train.txt repeated up to each size, up to "
+        "the full training split's 1.9 GB (bench/bench_prepare_scale.py), for local .txt files and for the `datasets` "
+        "path (.jsonl): the peak memory of the process tree (the anonymous part beside it; the rest is mapped "
+        "files), MB/s (it depends on how busy the shared machine was: see each file's note), CPU-seconds per MB (it "
+        "does not), and train.bin checked (token and story counts, stories decoded and found in the source). Then "
+        "short runs training from the largest folder beside the shipped sample's. Every results file is a row here.",
+        across_files=prepare_scale_body),
+    "gpu_check": Section(
+        "The GPU check", "What a CPU cannot show, on one GPU in under 8 minutes (bench/gpu_check.py; docs/benchmarks.md "
+        "says how to run it on the device machine): fp16 with loss scaling, a step's profile, bf16 with and without "
+        "`compile`, FSDP2 with a sharded checkpoint and an exact resume, a real GradScaler overflow.",
+        gpu_check_body, missing="Not run on a GPU yet: no results file. The command is ready: "
+        "`python bench/gpu_check.py --out bench/results/gpu_check_h100_<date>.json` on one GPU (its CPU-side parts "
+        "run in the suite: tests/test_gpu_check.py)."),
 }
 
 
@@ -436,13 +504,18 @@ hand: the test suite fails when it differs from the render. `make bench` measure
 machine at hand and re-renders it (see docs/benchmarks.md)."""
 
 
-def render_record(record: Record, level: str) -> str:
+def render_record(record: Record, level: str, records: list[Record] = ()) -> str:
     chosen = section(record.benchmark)
     title = f"{level} {chosen.title}, {record.cpu}"
     if record.history:
         title += f", {record.data.get('date', 'undated')}, shape {shape_text(record.data.get('shape'))}, " \
                  f"commit {record.commit}"
-    parts = [title, chosen.about, provenance(record), chosen.body(record.results)]
+    if chosen.across_files:
+        same = [other for other in records if (other.benchmark, other.cpu) == (record.benchmark, record.cpu)]
+        body = chosen.across_files(sorted(same, key=Record.sort_key, reverse=True) or [record])
+    else:
+        body = chosen.body(record.results)
+    parts = [title, chosen.about, provenance(record), body]
     return "\n\n".join(part for part in parts if part)
 
 
@@ -464,7 +537,11 @@ def render(results_dir: Path = RESULTS_DIR, config_path: Path = CURRENT_CONFIG) 
     order = list(SECTIONS)
     current.sort(key=lambda r: (order.index(r.benchmark) if r.benchmark in order else len(order), r.benchmark, r.cpu))
     parts = [HEADER, where_we_stand(current, shape)]
-    parts += [render_record(record, "##") for record in current]
+    parts += [render_record(record, "##", records) for record in current]
+    measured = {record.benchmark for record in records}
+    parts += [f"## {chosen.title}\n\n{chosen.about}\n\n{chosen.missing}" for name, chosen in SECTIONS.items()
+              if chosen.missing and name not in measured]
+    history = [record for record in history if not section(record.benchmark).across_files]  # rows of the current
     parts.append("## History\n\nResults of older runs, of retired shapes or of older code, newest first, each "
                  "labelled with its shape and commit. They are not today's figures.")
     parts += [render_record(record, "###") for record in reversed(history)]

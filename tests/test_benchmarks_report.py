@@ -92,6 +92,31 @@ def test_current_history_and_a_benchmark_without_a_renderer(tmp_path, current_sh
     assert "- [old_notes.txt](" in history
 
 
+def test_prepare_scale_files_share_one_table_and_the_gpu_check_says_it_has_not_run(tmp_path):
+    """Every prepare_scale file is a row of one table (with its commit), none left in History; without a gpu_check
+    file its section says so and gives the command, and with one it shows the parts."""
+    results = tmp_path / "results"
+    size = lambda mb, rss: {"size_mb": mb, "path": "text", "tokenizer": "trained", "text_bytes": mb * 10**6,  # noqa: E731
+                            "peak_rss_mb": rss, "mb_per_s": 2.0, "cpu_s_per_mb": 1.25, "train_tokens": 7,
+                            "size_matches_tokens": True}
+    write(results, "prepare_scale_cpu_a.json", record("prepare_scale", "2026-12-05", {"sizes": [size(20, 601.0)]},
+                                                      commit="old1111"))
+    write(results, "prepare_scale_cpu_b.json", record("prepare_scale", "2026-12-06", {"sizes": [size(1900, 602.0)]},
+                                                      commit="new2222"))
+    out = tmp_path / "BENCHMARKS.md"
+    assert report("--results", results, "--out", out).returncode == 0, "render failed"
+    today, history = out.read_text().split("## History")
+    assert "| 20 | text | trained | 601.0 | - | 2.00 | 1.25 | 7 | pass | old1111 | prepare_scale_cpu_a.json |" in today
+    assert "| 1,900 | text | trained | 602.0 |" in today and "prepare_scale" not in history
+    assert "Not run on a GPU yet: no results file. The command is ready: `python bench/gpu_check.py" in today
+
+    write(results, "gpu_check_h100_2026-12-06.json", record("gpu_check", "2026-12-06", {"parts": {
+        "fp16": {"status": "passed", "passed": True, "mfu": 0.41}}}))
+    assert report("--results", results, "--out", out).returncode == 0, "render failed"
+    text = out.read_text()
+    assert "Not run on a GPU yet" not in text and "| fp16 | passed | 41.0% |" in text
+
+
 def test_a_file_that_is_not_a_results_file_is_one_error_line(tmp_path):
     results = tmp_path / "results"
     write(results, "typed_by_hand.json", {"tokens_per_s": 123})

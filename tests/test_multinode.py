@@ -9,6 +9,7 @@ when their launcher is SIGKILLed. The runs are shared: one uninterrupted referen
 """
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from ports import free_port
+from ports import free_port, fresh_ports, port_was_taken
 from test_launchers import (
     ACCELERATE,
     QUICK,
@@ -200,28 +201,39 @@ def test_a_run_resumes_on_another_process_count(tiny_data_dir, reference, env, t
     assert_same_losses(one, reference, since=75)
 
 
-def test_workers_whose_launcher_is_killed_save_a_checkpoint_and_stop(tiny_data_dir, env, tmp_path):
-    """SIGKILL to torchrun forwards no signal (its workers run in sessions of their own): they notice and save."""
-    out = tmp_path / "run"
-    command = [*TORCHRUN, "--standalone", "--nproc_per_node", "2",  # a free port of its own
-               *train_args(tiny_data_dir, out, *TWO_PROCESSES)]
-    launcher = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
-                                start_new_session=True)
-    trainers = []
-    try:
-        wait_for_steps(out, launcher, 10)
-        trainers = workers(launcher)
-        assert len(trainers) == 2, trainers
-        launcher.kill()
-        launcher.wait()
-        _, alive = psutil.wait_procs(trainers, timeout=120)
-        assert not alive, f"workers still training after their launcher died: {alive}"
-    finally:
-        for trainer in trainers:
-            if trainer.is_running():
-                trainer.kill()
-        if launcher.poll() is None:
-            launcher.kill()
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_workers_whose_launcher_is_killed_save_a_checkpoint_and_stop(launcher, tiny_data_dir, env, tmp_path):
+    """SIGKILL to the launcher forwards no signal, and its workers run in sessions of their own (torchrun's agent
+    starts them so, and `accelerate launch` runs that agent in its own process): they notice and save."""
+    out, log = tmp_path / "run", tmp_path / "launcher.log"
+    for port in fresh_ports():
+        command = [*TORCHRUN, "--standalone", "--nproc_per_node", "2"] if launcher == "torchrun" else [
+            *ACCELERATE, "--multi_gpu", "--num_processes", "2", "--main_process_port", str(port)]
+        with open(log, "w") as output:
+            process = subprocess.Popen([*command, *train_args(tiny_data_dir, out, *TWO_PROCESSES)], env=env,
+                                       stdout=output, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+        trainers = []
+        try:
+            wait_for_steps(out, process, 10)
+            trainers = workers(process)
+            assert len(trainers) == 2, trainers
+            process.kill()
+            process.wait()
+            _, alive = psutil.wait_procs(trainers, timeout=120)
+            assert not alive, f"workers still training after their launcher died: {alive}"
+            break
+        except AssertionError:
+            if process.poll() is None or not port_was_taken(log.read_text(errors="replace")):
+                raise
+            shutil.rmtree(out, ignore_errors=True)  # what the run wrote before it lost its port
+        finally:
+            for trainer in trainers:
+                if trainer.is_running():
+                    trainer.kill()
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+    else:
+        raise AssertionError(f"every port the run was given was taken first:\n{log.read_text()[-2000:]}")
     checkpoints = list_checkpoints(out)
     assert len(checkpoints) == 1 and not (out / "final").exists(), checkpoints
     assert checkpoint_problem(checkpoints[0]) is None

@@ -93,3 +93,23 @@ def test_ctrl_c_in_the_middle_leaves_nothing_half_written_and_the_rerun_finishes
     meta = json.loads((out / "meta.json").read_text())
     assert meta["splits"]["train"]["stories"] + meta["splits"]["val"]["stories"] == SIZES[1] * STORIES
     assert (out / "train.bin").stat().st_size == meta["splits"]["train"]["tokens"] * 2
+
+
+def test_a_table_file_is_streamed_by_datasets_not_copied_to_arrow(tiny_data_dir, tmp_path, datasets_cache):
+    """A .jsonl source is parsed a batch at a time at each pass. Converted to an Arrow file first (what `datasets`
+    does by default), it would be mapped into memory, and every page read stays resident: memory grows by about 1 MB
+    per MB of stories (bench/bench_prepare_scale.py, the datasets rows). The tokens are those of the same stories
+    given as text."""
+    from slm_hf.data import prepare_data
+
+    stories = read_stories(SAMPLE_DIR / SAMPLE_FILES["train"], 300)
+    table, text = tmp_path / "stories.jsonl", tmp_path / "stories.txt"
+    table.write_text("".join(json.dumps({"text": story}) + "\n" for story in stories), encoding="utf-8")
+    text.write_text("".join(f"{story}\n<|endoftext|>\n" for story in stories), encoding="utf-8")
+    tokenizer = str(tiny_data_dir / "tokenizer")
+    from_table = prepare_data(str(table), out_dir=tmp_path / "table", tokenizer=tokenizer, show_progress=False)
+    from_text = prepare_data(str(text), out_dir=tmp_path / "text", tokenizer=tokenizer, show_progress=False)
+    assert from_table.meta["splits"] == from_text.meta["splits"]
+    for split in ("train", "val"):
+        assert (tmp_path / "table" / f"{split}.bin").read_bytes() == (tmp_path / "text" / f"{split}.bin").read_bytes()
+    assert not list(datasets_cache.rglob("*.arrow")), "the table was converted to an Arrow file"

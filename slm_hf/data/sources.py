@@ -1,5 +1,6 @@
 """Sources: what a `source` argument names (the shipped sample, local files or folders, a Hub dataset), and its
-stories loaded as `datasets.Dataset`s, split into train and validation.
+stories loaded, split into train and validation: local files streamed (`StoryFiles`, `TableRows`), a Hub dataset or
+a saved one as `datasets.Dataset`s.
 
 `datasets` and `huggingface_hub` are imported inside the functions that read a source: training imports slm_hf.data
 for the folder contract only (slm_hf.data.folder), and importing `datasets` costs about a second.
@@ -11,6 +12,7 @@ import fnmatch
 import os
 import re
 from contextlib import contextmanager
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ import numpy as np
 from ..errors import SLMError
 from ..tokenization import EOS_TOKEN
 from .options import DataOptions
-from .stories import StoryFiles, check_utf8_file
+from .stories import StoryFiles, StreamedStories, check_utf8_file
 
 DEFAULT_HUB_DATASET = "roneneldan/TinyStories"
 SAMPLE_DIR = Path(__file__).resolve().parent.parent / "sample_data"
@@ -28,13 +30,14 @@ SAMPLE_FILES = {"train": "tinystories_train.txt.gz", "val": "tinystories_valid.t
 VALIDATION_SPLIT_NAMES = ("validation", "valid", "val")
 TEXT_SUFFIXES = (".txt", ".txt.gz")
 TABLE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+TABLE_READ_ROWS = 2048  # rows of a local table file parsed at a time
 _VALIDATION_FILE_NAME = re.compile(r"(?:^|[-_.\s])(?:validation|valid|val|dev)(?:[-_.\s]|$)", re.IGNORECASE)
 
 
 @dataclass
 class Corpus:
     """A loaded source: the stories of each split, as `datasets.Dataset`s with one column, `text`, or as
-    `StoryFiles` (text files, streamed) that answer the same calls."""
+    `StreamedStories` (local files, streamed) that answer the same calls."""
 
     train: Any
     val: Any | None
@@ -204,11 +207,13 @@ def _load_with_datasets(source: Source, options: DataOptions) -> dict[str, Any]:
             loaded = datasets.load_from_disk(name)
         elif source.kind == "table" and Path(name).is_file():
             _check_table_file(Path(name))
-            with datasets_progress(False):  # a local file converts in a blink: no "Generating train split" bar
-                loaded = datasets.load_dataset(TABLE_BUILDERS[Path(name).suffix.lower()], data_files={"train": name})
-        else:  # a Hub id, or a local folder of table files: the same call
-            for file in source.files.get("all", []):
+            loaded = datasets.load_dataset(TABLE_BUILDERS[Path(name).suffix.lower()], data_files={"train": name},
+                                           streaming=True)
+        elif source.kind == "table":  # a local folder of table files: `datasets` infers the splits from the names
+            for file in source.files["all"]:
                 _check_table_file(file)
+            loaded = datasets.load_dataset(name, streaming=True)
+        else:  # a Hub id: the same call, downloaded and converted to Arrow once (a pass is then a cheap local read)
             loaded = datasets.load_dataset(name, data_files=options.data_files)
     except SLMError:
         raise
@@ -217,19 +222,45 @@ def _load_with_datasets(source: Source, options: DataOptions) -> dict[str, Any]:
                 if source.kind == "hub" else f"cannot read {name}")
         offline = " (HF_HUB_OFFLINE is set)" if source.kind == "hub" and os.environ.get("HF_HUB_OFFLINE") else ""
         raise SLMError(f"{what}{offline}: {type(error).__name__}: {_first_line(error)}") from error
-    splits = dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
-    return {split: _text_column(dataset, options.text_column, f"{name} ({split})")
-            for split, dataset in splits.items()}
+    splits = dict(loaded) if isinstance(loaded, (datasets.DatasetDict, datasets.IterableDatasetDict)) else {
+        "train": loaded}
+    columns = {split: _text_column(dataset, options.text_column, f"{name} ({split})")
+               for split, dataset in splits.items()}
+    if source.kind == "table":
+        return {split: TableRows(dataset, f"{name} ({split})") for split, dataset in columns.items()}
+    return columns
+
+
+class TableRows(StreamedStories):
+    """The `text` column of local table files, streamed by `datasets` (an `IterableDataset`): each pass parses the
+    files again, a batch at a time. Converting them to an Arrow file instead, as `datasets` does by default, maps that
+    file into memory: every page read stays resident, and memory grows with the corpus (about 1 MB per MB of text).
+    Rows keep their positions (an empty or missing text is skipped when tokenized, as with a `datasets.Dataset`)."""
+
+    def __init__(self, dataset, name: str, limit: int | None = None, keep: np.ndarray | None = None):
+        super().__init__(limit, keep)
+        self.dataset, self.name = dataset, name
+
+    def _read(self) -> Iterator[str | None]:
+        try:
+            for batch in self.dataset.iter(batch_size=TABLE_READ_ROWS):
+                yield from batch["text"]
+        except Exception as error:  # a row the first ones did not announce: bad JSON, another type, a missing column
+            raise SLMError(f"cannot read {self.name}: {type(error).__name__}: {_first_line(error)}") from error
 
 
 def _text_column(dataset, column: str, where: str):
     """`dataset` reduced to its text column, renamed `text`; `SLMError` listing the columns if it is missing."""
-    from datasets import Value
+    import pyarrow
+    from datasets import Features, Value
 
-    if column not in dataset.column_names:
-        raise SLMError(f"no column {column!r} in {where}; its columns are: {', '.join(dataset.column_names)} "
+    features = dataset.features
+    if features is None:  # a streamed JSON array names no columns up front: its first row shows them
+        features = Features.from_arrow_schema(pyarrow.Table.from_pylist(list(dataset.take(1))).schema)
+    if column not in features:
+        raise SLMError(f"no column {column!r} in {where}; its columns are: {', '.join(features)} "
                        f"(choose one with --text-column)")
-    feature = dataset.features[column]
+    feature = features[column]
     if not (isinstance(feature, Value) and feature.dtype in ("string", "large_string")):
         raise SLMError(f"column {column!r} in {where} holds {feature}, not text (choose another with --text-column)")
     dataset = dataset.select_columns([column])

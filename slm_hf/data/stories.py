@@ -1,9 +1,11 @@
 """Story files: the TinyStories text format (each story followed by a line holding exactly <|endoftext|>), read in
-chunks and checked to be UTF-8 text, and streamed (`StoryFiles`) where a whole corpus is read."""
+chunks and checked to be UTF-8 text, and streamed where a whole corpus is read (`StoryFiles`, one kind of
+`StreamedStories`: stories read again from their source at each pass)."""
 
 from __future__ import annotations
 
 import codecs
+import copy
 import gzip
 import itertools
 import os
@@ -19,17 +21,17 @@ SEPARATOR = re.compile(rb"^<\|endoftext\|>[ \t\r]*(?:\n|\Z)", re.MULTILINE)
 READ_CHUNK = 16 << 20  # bytes read from a text file at a time
 
 
-class StoryFiles:
-    """The stories of TinyStories-format text files, streamed: never all in memory, whatever the files' size.
+class StreamedStories:
+    """Stories read again from their source at each pass: never all in memory, whatever the source's size.
 
     It answers what the data pipeline asks of a `datasets.Dataset` of stories (`len`, `select` of a subset, `iter`
-    in batches of `{"text": [...]}`), each by reading the files again: memory stays that of one read chunk and one
-    batch. `len` (one pass, counted once) also checks every story is UTF-8 text, so a bad file is refused before
-    anything is written. A selection keeps one byte per story (which stories it holds), not the stories.
+    in batches of `{"text": [...]}`), each by reading the source again: memory stays that of one read buffer and one
+    batch. `len` is one pass, counted once. A selection keeps one byte per story (which stories it holds), not the
+    stories. Subclasses say how a pass reads the source (`_read`).
     """
 
-    def __init__(self, paths: Sequence[Path], limit: int | None = None, keep: np.ndarray | None = None):
-        self.paths, self.limit, self.keep = list(paths), limit, keep
+    def __init__(self, limit: int | None = None, keep: np.ndarray | None = None):
+        self.limit, self.keep = limit, keep
         self._count = None if keep is None else int(keep.sum())
 
     def __len__(self) -> int:
@@ -37,14 +39,16 @@ class StoryFiles:
             self._count = sum(1 for _ in self._all_stories())
         return self._count
 
-    def select(self, indices) -> StoryFiles:
-        """The stories at `indices` (positions in this collection), in file order."""
+    def select(self, indices) -> StreamedStories:
+        """The stories at `indices` (positions in this collection), in source order."""
         positions = np.flatnonzero(self.keep) if self.keep is not None else np.arange(len(self))
         keep = np.zeros(len(positions) if self.keep is None else len(self.keep), dtype=bool)
         keep[positions[np.asarray(indices, dtype=np.int64)]] = True
-        return StoryFiles(self.paths, self.limit, keep)
+        selected = copy.copy(self)
+        selected.keep, selected._count = keep, int(keep.sum())
+        return selected
 
-    def iter(self, batch_size: int) -> Iterator[dict[str, list[str]]]:
+    def iter(self, batch_size: int) -> Iterator[dict[str, list]]:
         """Batches of `batch_size` stories, as `datasets.Dataset.iter` gives them."""
         stories = self._all_stories()
         if self.keep is not None:
@@ -52,9 +56,24 @@ class StoryFiles:
         while batch := list(itertools.islice(stories, batch_size)):
             yield {"text": batch}
 
-    def _all_stories(self) -> Iterator[str]:
-        stories = itertools.chain.from_iterable(iter_stories(path) for path in self.paths)
+    def _all_stories(self) -> Iterator:
+        stories = self._read()
         return stories if self.limit is None else itertools.islice(stories, self.limit)
+
+    def _read(self) -> Iterator:
+        raise NotImplementedError
+
+
+class StoryFiles(StreamedStories):
+    """The stories of TinyStories-format text files, streamed (`iter_stories`). Counting them (`len`) also checks
+    every story is UTF-8 text, so a bad file is refused before anything is written."""
+
+    def __init__(self, paths: Sequence[Path], limit: int | None = None, keep: np.ndarray | None = None):
+        super().__init__(limit, keep)
+        self.paths = list(paths)
+
+    def _read(self) -> Iterator[str]:
+        return itertools.chain.from_iterable(iter_stories(path) for path in self.paths)
 
 
 def read_stories(path: str | os.PathLike, limit: int | None = None) -> list[str]:
