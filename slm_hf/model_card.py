@@ -75,6 +75,7 @@ def write_model_card(
     repo_id: str | None = None,
     model_name: str | None = None,
     num_samples: int = NUM_SAMPLES,
+    samples: list[dict] | None = None,
 ) -> Path:
     """Render the model card of `model_dir` into `model_dir/README.md` (atomically) and return its path.
 
@@ -83,9 +84,12 @@ def write_model_card(
         repo_id: the Hub repository the card's examples load from; default `your-username/<model name>`.
         model_name: the title and model-index name; default the repo id's name, else the run's folder name.
         num_samples: sample stories to generate for the card (0 for none), from `story_quality.QUALITY_PROMPTS`.
+        samples: the stories `sample_stories` gave for these same weights (a run's best/ and final/ at one step),
+            instead of generating them again.
     """
     model_dir = Path(model_dir)
-    card = render_model_card(model_dir, repo_id=repo_id, model_name=model_name, num_samples=num_samples)
+    card = render_model_card(model_dir, repo_id=repo_id, model_name=model_name, num_samples=num_samples,
+                             samples=samples)
     path = model_dir / "README.md"
     with atomic_path(path) as temporary:
         card.save(temporary)
@@ -98,6 +102,7 @@ def render_model_card(
     repo_id: str | None = None,
     model_name: str | None = None,
     num_samples: int = NUM_SAMPLES,
+    samples: list[dict] | None = None,
 ) -> ModelCard:
     """The `ModelCard` `write_model_card` saves, without writing it."""
     model_dir = Path(model_dir)
@@ -112,9 +117,12 @@ def render_model_card(
     llama = config.get("model_type") == "llama"
     dataset = training_dataset(results)
     sample_settings = folder_sample_settings(model_dir, config)
-    samples, parameters = _samples_and_parameters(model_dir, num_samples, sample_settings)
+    if samples is None:
+        samples = sample_stories(model_dir, num_samples)
     if results and results.get("parameters"):
         parameters = int(results["parameters"])
+    else:
+        parameters = sum(p.numel() for p in load_pretrained(model_dir, device="cpu")[0].parameters())
     tags = list(TAGS) + (["tinystories"] if dataset.tinystories else []) + (["llama"] if llama else ["custom_code"])
     card_data = ModelCardData(
         language="en",
@@ -191,18 +199,22 @@ def _read_json(path: Path, required: bool) -> dict[str, Any] | None:
         raise SLMError(f"{path} is not valid JSON: {error}") from None
 
 
-def _samples_and_parameters(model_dir: Path, num_samples: int,
-                            settings: GenerationSettings) -> tuple[list[dict], int]:
-    """Stories sampled from the folder's model (prompt, continuation, ended), and its parameter count."""
+def sample_stories(model_dir: str | os.PathLike, num_samples: int = NUM_SAMPLES) -> list[dict]:
+    """The card's sample stories from the folder's model: prompt, continuation (quoted) and whether it ended, for
+    the first `num_samples` of `QUALITY_PROMPTS`, sampled with `folder_sample_settings` (seeded: the same weights
+    give the same stories)."""
+    model_dir = Path(model_dir)
+    if num_samples == 0:
+        return []
+    settings = folder_sample_settings(model_dir, _read_json(model_dir / "config.json", required=True))
     model, tokenizer = load_pretrained(model_dir, device="cpu")
-    parameters = sum(parameter.numel() for parameter in model.parameters())
     samples = []
     for prompt in QUALITY_PROMPTS[:num_samples]:
         (ids,) = generate_ids(model, tokenizer, prompt, settings)
         ended = bool(ids) and ids[-1] == tokenizer.eos_token_id
         continuation = tokenizer.decode(ids, skip_special_tokens=True)
         samples.append({"prompt": prompt, "continuation": _quote(continuation), "ended": ended})
-    return samples, parameters
+    return samples
 
 
 def _quote(text: str) -> str:

@@ -68,6 +68,25 @@ def test_card_shows_seeded_samples_with_their_prompts(final, card_text):
     assert str(again) == card_text  # deterministic: re-rendering changes nothing
 
 
+def test_each_folders_card_samples_its_own_weights(tmp_path, tiny_data_dir):
+    """best/ and final/ share their card's stories only when they hold the same step: a run whose validation loss
+    rose at the end (a learning rate of 1.0 diverges) has a best/ of step 4 and a final/ of step 8."""
+    from slm_hf.training import train
+    from slm_hf.training.config import TrainingConfig
+
+    config = TrainingConfig.load(REPO / "configs" / "tiny.yaml", [
+        "max_steps=8", "eval_interval=4", "learning_rate=1.0", "min_lr=1.0", "warmup_steps=0", "sample_tokens=0",
+        "eval_iters=2"])
+    run = train(config, tiny_data_dir, tmp_path / "run").out_dir
+    best, final = (json.loads((run / name / "training_results.json").read_text())["step"] for name in ("best", "final"))
+    assert (best, final) == (4, 8)
+    cards = {name: (run / name / "README.md").read_text(encoding="utf-8") for name in ("best", "final")}
+    assert cards["final"] == str(render_model_card(run / "final"))  # its stories are sampled again from final/
+    assert cards["best"] == str(render_model_card(run / "best"))
+    samples = {name: [line for line in card.splitlines() if line.startswith("> ")] for name, card in cards.items()}
+    assert samples["best"] != samples["final"]
+
+
 def test_card_without_training_results_says_less_and_fails_the_check(tmp_path, final):
     bare = tmp_path / "bare"
     shutil.copytree(final, bare)

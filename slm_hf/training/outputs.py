@@ -150,12 +150,14 @@ def export_model(
     config: TrainingConfig,
     loss_curve: Path | None = None,
     model_card: bool = False,
+    card_samples: list[dict] | None = None,
 ) -> Path:
     """Write a Hub-ready model folder, atomically (built under a temporary name, then renamed into place).
 
     The folder holds the safetensors weights, config.json, generation_config.json, the model's code (remote
     code), the tokenizer, training_results.json, train_config.yaml, a copy of the loss curve, and the model card:
     all of them, the card included, are written before the rename, so the folder is complete or absent.
+    `card_samples`: the card's stories, already sampled from these same weights (else the card samples its own).
     Every process must call this (FSDP gathers the full weights); only the main process writes.
     """
     state_dict = accelerator.get_state_dict(model)
@@ -172,17 +174,18 @@ def export_model(
             if loss_curve is not None and loss_curve.is_file():
                 shutil.copy2(loss_curve, temporary / "loss_curve.png")
             if model_card:
-                write_card(temporary, named_as=directory)
+                write_card(temporary, named_as=directory, samples=card_samples)
             replace_folder(temporary, directory)
     accelerator.wait_for_everyone()
     return directory
 
 
-def write_card(directory: Path, named_as: Path | None = None) -> None:
+def write_card(directory: Path, named_as: Path | None = None, samples: list[dict] | None = None) -> None:
     """The model card (README.md), from the folder's own files (slm_hf.model_card). `named_as`: the folder's
-    final path, when `directory` is the temporary one it is built in (the card is titled after the run)."""
+    final path, when `directory` is the temporary one it is built in (the card is titled after the run).
+    `samples`: its stories, when already sampled from the same weights."""
     with quiet_progress_bars():
-        write_model_card(directory, model_name=default_model_name(named_as or directory))
+        write_model_card(directory, model_name=default_model_name(named_as or directory), samples=samples)
 
 
 def device_name(accelerator: Accelerator) -> str:

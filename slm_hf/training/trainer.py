@@ -28,15 +28,16 @@ from transformers import GenerationConfig, PreTrainedModel
 
 from ..atomic_files import copy_file
 from ..configuration_slm import SLMConfig
-from .launchers import Launch, engine_warning
+from ..model_card import sample_stories
 from ..modeling_slm import SLMForCausalLM
 from ..progress import TrainingProgress
-from .config import TrainingConfig
 from .batches import TrainingBatches
 from .budget import TimeBudget
 from .checkpoints import save_checkpoint
 from .compiling import compile_if_asked
+from .config import TrainingConfig
 from .folders import out_of_space_is_an_error
+from .launchers import Launch, engine_warning
 from .metrics import MetricsLog, flat_hparams, plot_loss_curve
 from .optim import Schedule, build_optimizer, optimizer_step, set_learning_rate
 from .outputs import Resume, check_batch_shape, device_name, export_model, peak_memory, write_card
@@ -290,14 +291,17 @@ class Trainer:
             last_eval = self.resumed_eval  # resumed from the last step's checkpoint: its evaluation is logged
         final_record = last_eval if last_eval is not None and last_eval["step"] == state.step else self.evaluate()
         card = isinstance(accelerator.unwrap_model(self.weights), SLMForCausalLM)  # the card describes SLM models
+        samples = None  # the card's stories from best/: final/'s too when both hold this step's weights
         if accelerator.is_main_process and (out_dir / "best").is_dir():
             with out_of_space_is_an_error(f"cannot finish the model folder {out_dir / 'best'}"):
                 copy_file(curve, out_dir / "best" / "loss_curve.png")
                 if card:
-                    write_card(out_dir / "best")
+                    samples = sample_stories(out_dir / "best")
+                    write_card(out_dir / "best", samples=samples)
         accelerator.wait_for_everyone()
         final_dir = export_model(accelerator, self.weights, self.tokenizer, out_dir / "final",
-                                 self.training_results(final_record), self.config, curve, model_card=card)
+                                 self.training_results(final_record), self.config, curve, model_card=card,
+                                 card_samples=samples if state.best_step == state.step else None)
         accelerator.end_training()
         self.log(
             f"done: step {state.step}, {state.tokens:,} tokens, val loss {final_record['val/loss']:.4f} "
