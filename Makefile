@@ -27,7 +27,7 @@ demo: setup
 test: setup
 	bash scripts/install_browser.sh
 	bash scripts/install_web.sh
-	$(BIN)/python -m pytest -q --numprocesses auto --dist loadfile
+	$(BIN)/python -m pytest -q --numprocesses auto --dist loadfile --no-loadscope-reorder
 
 # The side-by-side benchmarks on this machine (bench/suite.py, docs/benchmarks.md), results in bench/results/ and
 # BENCHMARKS.md re-rendered: about 30 minutes on 2 cores. BENCH_QUICK=1: a smoke run of the plumbing (a few minutes),

@@ -18,6 +18,19 @@ if "torch" in sys.modules:  # imported before this file by a plugin: it read the
     sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# `make test` gives each pytest-xdist worker whole files (--dist loadfile) in collection order
+# (--no-loadscope-reorder): the longest files go first, so that the two workers end together instead of one running
+# the last long file alone. The order comes from the per-test durations of a full run (pytest --durations=0).
+LONGEST_FILES_FIRST = ["test_launchers.py", "test_training.py", "test_multinode.py", "test_hub.py", "test_soak.py",
+                       "test_serve.py", "test_prepare_memory.py", "test_readme.py", "test_model_card.py",
+                       "test_app.py", "test_lm_eval.py", "test_export.py", "test_evaluation.py", "test_modeling.py"]
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: position for position, name in enumerate(LONGEST_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's own order stays
+
 SCRIPTS_DIR = REPO_ROOT / "scripts"
 
 
