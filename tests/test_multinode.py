@@ -35,9 +35,9 @@ from slm_hf.training.checkpoints import checkpoint_problem, list_checkpoints
 from slm_hf.training.outputs import Resume, check_batch_shape
 from slm_hf.training.state import BatchShape, TrainingState
 
-# 1 process x 2 micro-batches per step, checkpoints at steps 50 and 100 (the 2 x 1 runs drop the accumulation).
-STEPS = 100
-RUN = [f"max_steps={STEPS}", "gradient_accumulation_steps=2", "save_interval=50", "eval_interval=50",
+# 1 process x 2 micro-batches per step, checkpoints at steps 30 and 60 (the 2 x 1 runs drop the accumulation).
+STEPS = 60
+RUN = [f"max_steps={STEPS}", "gradient_accumulation_steps=2", "save_interval=30", "eval_interval=30",
        "log_interval=5", *QUICK]
 TWO_PROCESSES = [*RUN, "gradient_accumulation_steps=1"]
 TOLERANCE = 1e-5  # 2 processes average their gradients in another order than 1 process accumulating 2
@@ -134,7 +134,7 @@ def env(home):
 
 @pytest.fixture(scope="module")
 def reference(tiny_data_dir, env, tmp_path_factory):
-    """An uninterrupted run of 1 process x 2 micro-batches; its checkpoints (steps 50, 100) start the resumes."""
+    """An uninterrupted run of 1 process x 2 micro-batches; its checkpoints (steps 30, 60) start the resumes."""
     out = tmp_path_factory.mktemp("multinode") / "reference"
     result = subprocess.run([sys.executable, *train_args(tiny_data_dir, out, *RUN)], env=env, capture_output=True,
                             text=True, timeout=300, cwd=ROOT)
@@ -182,23 +182,23 @@ def test_two_machines_train_one_run_stop_together_and_resume_exactly(tiny_data_d
 
 # -------------------------------------------------------------------------------- another process count
 def test_a_run_resumes_on_another_process_count(tiny_data_dir, reference, env, tmp_path):
-    """1 x 2 -> 2 x 1 (torchrun on one machine, from the reference's step 50), then 2 x 1 -> 1 x 2 (python, from step
-    75: an odd step, where the micro-batches counted so far are not a multiple of the new accumulation)."""
+    """1 x 2 -> 2 x 1 (torchrun on one machine, from the reference's step 30), then 2 x 1 -> 1 x 2 (python, from step
+    45: an odd step, where the micro-batches counted so far are not a multiple of the new accumulation)."""
     two = tmp_path / "two"
     command = [*TORCHRUN, "--standalone", "--nproc_per_node", "2",  # a free port of its own
-               *train_args(tiny_data_dir, two, *TWO_PROCESSES, "save_interval=75", "--resume",
-                           str(reference / "checkpoints" / "step_0000050"))]
+               *train_args(tiny_data_dir, two, *TWO_PROCESSES, "save_interval=45", "--resume",
+                           str(reference / "checkpoints" / "step_0000030"))]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert "2 process(es) x 1 micro-batches" in result.stdout
-    assert_same_losses(two, reference, since=50)
+    assert_same_losses(two, reference, since=30)
 
     one = tmp_path / "one"
-    command = train_args(tiny_data_dir, one, *RUN, "--resume", str(two / "checkpoints" / "step_0000075"))
+    command = train_args(tiny_data_dir, one, *RUN, "--resume", str(two / "checkpoints" / "step_0000045"))
     result = subprocess.run([sys.executable, *command], env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "1 process(es) x 2 micro-batches" in result.stdout
-    assert_same_losses(one, reference, since=75)
+    assert_same_losses(one, reference, since=45)
 
 
 @pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
@@ -242,7 +242,7 @@ def test_workers_whose_launcher_is_killed_save_a_checkpoint_and_stop(launcher, t
 
 def test_a_process_count_that_cannot_continue_the_batches_is_refused_in_one_line(tiny_data_dir, reference, env,
                                                                                  tmp_path):
-    checkpoint = reference / "checkpoints" / "step_0000050"
+    checkpoint = reference / "checkpoints" / "step_0000030"
     result = subprocess.run([sys.executable, *train_args(tiny_data_dir, tmp_path / "run", *RUN,
                                                          "gradient_accumulation_steps=3", "--resume", str(checkpoint))],
                             env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
