@@ -53,8 +53,8 @@ HUB_FILES = (
     "train_config.yaml",
     "README.md",
 )
-# 200 updates of 2 micro-batches of 8 x 64 tokens: a few seconds, long enough to interrupt.
-RUN = ["max_steps=200", "gradient_accumulation_steps=2", "save_interval=20", "eval_interval=50", "log_interval=5"]
+# 100 updates of 2 micro-batches of 8 x 64 tokens: a few seconds, long enough to interrupt.
+RUN = ["max_steps=100", "gradient_accumulation_steps=2", "save_interval=20", "eval_interval=25", "log_interval=5"]
 # What "it learns" means for the tiny preset at step 50: a validation loss half a nat below ln 512, the loss of a
 # uniform guess over its 512 tokens. A run at a hundredth of the recipe's learning rate (how a run once trained, its
 # rate stuck at the first warmup step) ends within a hair of ln 512, so "below ln 512" let it pass: this margin
@@ -218,23 +218,23 @@ def test_final_folder_is_hub_ready_loads_and_generates(reference):
     from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
     train, val = step_losses(reference)
-    assert sorted(train) == list(range(1, 201)) and sorted(val) == [50, 100, 150, 200]
-    assert has_learned(val[50]) and val[200] < val[50], val
+    assert sorted(train) == list(range(1, 101)) and sorted(val) == [25, 50, 75, 100]
+    assert has_learned(val[50]) and val[100] < val[50], val
     for name in ("final", "best"):
         folder = reference / name
         for file in HUB_FILES:
             assert (folder / file).is_file(), f"{name}/{file}"
     assert (reference / "final" / "loss_curve.png").is_file() and (reference / "loss_curve.png").is_file()
     results = json.loads((reference / "final" / "training_results.json").read_text())
-    assert results["step"] == 200 and results["tokens"] == 200 * 2 * 8 * 64 and results["num_processes"] == 1
+    assert results["step"] == 100 and results["tokens"] == 100 * 2 * 8 * 64 and results["num_processes"] == 1
     shape = {"micro_batch_size": 8, "micro_batches_per_step": 2, "processes": 1, "block_size": 64,
              "tokens_per_step": 2 * 8 * 64}
     assert results["batch"] == shape
     assert json.loads((list_checkpoints(reference)[-1] / "training_state.json").read_text())["batch"] == shape
-    assert results["val/loss"] == pytest.approx(val[200])
-    bits_per_byte = val[200] / math.log(2) / results["data"]["val_bytes_per_token"]
+    assert results["val/loss"] == pytest.approx(val[100])
+    bits_per_byte = val[100] / math.log(2) / results["data"]["val_bytes_per_token"]
     assert results["val/bits_per_byte"] == pytest.approx(bits_per_byte)
-    assert [entry["step"] for entry in results["history"]] == [50, 100, 150, 200]
+    assert [entry["step"] for entry in results["history"]] == [25, 50, 75, 100]
     assert results["config"]["gradient_accumulation_steps"] == 2 and results["precision"] == "fp32"
 
     model = AutoModelForCausalLM.from_pretrained(reference / "final")
@@ -292,7 +292,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_then_resumes_exactly(data_dir, ref
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
     stopped_at = logged_steps(out)
-    assert 30 <= stopped_at < 200 and latest_checkpoint(out).name == f"step_{stopped_at:07d}"
+    assert 30 <= stopped_at < 100 and latest_checkpoint(out).name == f"step_{stopped_at:07d}"
     assert not (out / "final").exists()
 
     run_train(data_dir, out, *RUN, "--resume", "auto")
@@ -389,7 +389,7 @@ def test_kill_during_checkpoint_save_leaves_nothing_to_resume_from(data_dir, ref
     resumed = run_train(data_dir, out, *RUN, "--resume", "auto")
     assert f"removed {partial}" in resumed.stdout
     if newest is None:  # killed in the first save: a fresh start
-        assert "resumed from" not in resumed.stdout and "up to step 200" in resumed.stdout
+        assert "resumed from" not in resumed.stdout and "up to step 100" in resumed.stdout
     else:
         assert f"resumed from {newest} (step {step - 20}," in resumed.stdout
     assert step_losses(out) == step_losses(reference)
@@ -427,26 +427,26 @@ def test_resume_auto_skips_a_damaged_newest_checkpoint_and_ends_equal(data_dir, 
 
 def test_resume_from_a_named_checkpoint_continues_exactly_and_keep_last_leaves_that_many(data_dir, reference,
                                                                                           tmp_path):
-    """`--resume PATH` with a checkpoint folder (here the reference's at step 180, into a new --out) trains steps
-    181-200 only, with the reference's losses bit for bit. `keep_last N` leaves exactly N checkpoints beside final/
+    """`--resume PATH` with a checkpoint folder (here the reference's at step 80, into a new --out) trains steps
+    81-100 only, with the reference's losses bit for bit. `keep_last N` leaves exactly N checkpoints beside final/
     and best/: the reference's 2 (the preset's), and 3 in the branch (changed on resume, as checkpoint settings may
     be, with a save every 5 updates)."""
-    assert sorted(os.listdir(reference / "checkpoints")) == ["step_0000180", "step_0000200"]
-    named = reference / "checkpoints" / "step_0000180"
+    assert sorted(os.listdir(reference / "checkpoints")) == ["step_0000080", "step_0000100"]
+    named = reference / "checkpoints" / "step_0000080"
     out = tmp_path / "branch"
     resumed = run_train(data_dir, out, *RUN, "save_interval=5", "keep_last=3", "--resume", named)
-    assert f"resumed from {named} (step 180," in resumed.stdout
+    assert f"resumed from {named} (step 80," in resumed.stdout
     train, val = step_losses(out)
     expected_train, expected_val = step_losses(reference)
-    assert sorted(train) == list(range(181, 201)) and sorted(val) == [200]
-    assert train == {step: expected_train[step] for step in train} and val[200] == expected_val[200]
-    assert sorted(os.listdir(out / "checkpoints")) == ["step_0000190", "step_0000195", "step_0000200"]
+    assert sorted(train) == list(range(81, 101)) and sorted(val) == [100]
+    assert train == {step: expected_train[step] for step in train} and val[100] == expected_val[100]
+    assert sorted(os.listdir(out / "checkpoints")) == ["step_0000090", "step_0000095", "step_0000100"]
     assert (out / "final").is_dir() and (out / "best").is_dir()
 
 
 def test_a_checkpoint_saved_before_manifests_is_checked_by_its_sizes(reference, tmp_path):
     """Runs saved by earlier versions listed file sizes in training_state.json: they still resume."""
-    checkpoint = tmp_path / "step_0000200"
+    checkpoint = tmp_path / "step_0000100"
     shutil.copytree(list_checkpoints(reference)[-1], checkpoint)
     (checkpoint / MANIFEST_FILE).unlink()
     state = json.loads((checkpoint / "training_state.json").read_text())
@@ -460,7 +460,7 @@ def test_a_checkpoint_saved_before_manifests_is_checked_by_its_sizes(reference, 
 
 
 def test_manifest_hashes_every_file_of_a_checkpoint_subfolders_included(reference, tmp_path):
-    checkpoint = tmp_path / "step_0000200"
+    checkpoint = tmp_path / "step_0000100"
     shutil.copytree(list_checkpoints(reference)[-1], checkpoint)
     manifest = json.loads((checkpoint / MANIFEST_FILE).read_text())["files"]
     written = {path.relative_to(checkpoint).as_posix() for path in checkpoint.rglob("*") if path.is_file()}
@@ -526,7 +526,7 @@ def test_two_processes_match_one_process_with_twice_the_accumulation(data_dir, r
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / "final" / "training_results.json").read_text())
-    assert results["num_processes"] == 2 and results["tokens"] == 200 * 2 * 8 * 64
+    assert results["num_processes"] == 2 and results["tokens"] == 100 * 2 * 8 * 64
     assert {p.name for p in list_checkpoints(out)[-1].iterdir()} >= {"random_states_0.pkl", "random_states_1.pkl"}
     (train, val), (train_ref, val_ref) = step_losses(out), step_losses(reference)
     assert train.keys() == train_ref.keys() and val.keys() == val_ref.keys()
