@@ -117,12 +117,15 @@ def render_model_card(
     llama = config.get("model_type") == "llama"
     dataset = training_dataset(results)
     sample_settings = folder_sample_settings(model_dir, config)
-    if samples is None:
-        samples = sample_stories(model_dir, num_samples)
-    if results and results.get("parameters"):
-        parameters = int(results["parameters"])
-    else:
-        parameters = sum(p.numel() for p in load_pretrained(model_dir, device="cpu")[0].parameters())
+    parameters = (results or {}).get("parameters")
+    if samples is None and num_samples == 0:
+        samples = []
+    if samples is None or not parameters:  # the model, loaded once, for what the folder's files do not hold
+        model, tokenizer = load_pretrained(model_dir, device="cpu")
+        if samples is None:
+            samples = _sample_stories(model, tokenizer, num_samples, sample_settings)
+        parameters = parameters or sum(p.numel() for p in model.parameters())
+    parameters = int(parameters)
     tags = list(TAGS) + (["tinystories"] if dataset.tinystories else []) + (["llama"] if llama else ["custom_code"])
     card_data = ModelCardData(
         language="en",
@@ -207,7 +210,10 @@ def sample_stories(model_dir: str | os.PathLike, num_samples: int = NUM_SAMPLES)
     if num_samples == 0:
         return []
     settings = folder_sample_settings(model_dir, _read_json(model_dir / "config.json", required=True))
-    model, tokenizer = load_pretrained(model_dir, device="cpu")
+    return _sample_stories(*load_pretrained(model_dir, device="cpu"), num_samples, settings)
+
+
+def _sample_stories(model, tokenizer, num_samples: int, settings: GenerationSettings) -> list[dict]:
     samples = []
     for prompt in QUALITY_PROMPTS[:num_samples]:
         (ids,) = generate_ids(model, tokenizer, prompt, settings)
