@@ -68,7 +68,6 @@ if __name__ == "__main__":
 
 
 import gradio as gr  # noqa: E402
-import torch  # noqa: E402
 from transformers import (  # noqa: E402
     AutoModelForCausalLM,
     AutoTokenizer,

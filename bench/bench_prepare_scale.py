@@ -145,7 +145,8 @@ def repeated_folder(folder: Path, out: Path, copies: int) -> Path:
 
 def train_from(folders: dict[str, Path], work: Path, steps: int, trained: dict, save) -> None:
     """Train from each folder (windows start anywhere: the only kind since story-start windows were dropped); then
-    resume it from its mid-run checkpoint. Fills `trained` ({label: {window_starts: measured}}), calling `save` after each run."""
+    resume it from its mid-run checkpoint. Fills `trained` ({label: {window_starts: measured}}), calling `save` after
+    each run."""
     from slm_hf.training import list_checkpoints
 
     for label, folder in folders.items():

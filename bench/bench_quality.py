@@ -17,8 +17,8 @@ Recipes (`--recipes`):
              this CPU's bf16 products are fast (else fp32, as ours)
 
 Data: the shared TinyStories text (train.txt for training, valid.txt for validation only) prepared once with
-`slm_hf.data.prepare_data` into OUT/data (a BPE trained on train.txt: the default vocabulary, or `--vocab-size`), reused on later
-runs.
+`slm_hf.data.prepare_data` into OUT/data (a BPE trained on train.txt: the default vocabulary, or `--vocab-size`),
+reused on later runs.
 
 Outputs, in OUT (default runs/bench-quality): runs/{recipe}-{budget}min/ (each a full training run), results.json
 (written after every run; a rerun skips the runs it already holds, so an interrupted benchmark resumes),
@@ -59,7 +59,7 @@ from machine import describe, model_shape, write_results  # noqa: E402
 from peers import build_llama  # noqa: E402
 
 from slm_hf.atomic_files import write_json  # noqa: E402
-from slm_hf.configuration_slm import SHAPE_FIELDS  # noqa: E402
+from slm_hf.configuration_slm import DEFAULT_VOCAB_SIZE, SHAPE_FIELDS  # noqa: E402
 from slm_hf.data import prepare_data, read_meta  # noqa: E402
 from command_line import exit_on_error  # noqa: E402
 
@@ -68,7 +68,6 @@ from slm_hf.evaluation import evaluate_data_folder  # noqa: E402
 from slm_hf.generation import load_pretrained  # noqa: E402
 from slm_hf.training import train  # noqa: E402
 from slm_hf.training.metrics import save_figure  # noqa: E402
-from slm_hf.configuration_slm import DEFAULT_VOCAB_SIZE  # noqa: E402
 from slm_hf.training.config import TrainingConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

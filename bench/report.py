@@ -300,7 +300,8 @@ def prepare_scale_body(records: list[Record]) -> str:
                                     "batches drawn": run.get("batches_drawn", "-"), "peak RSS MB": run["peak_rss_mb"],
                                     "of it anonymous MB": run.get("peak_anon_mb", "-"),
                                     "commit": record.commit, "file": record.path.name})
-        stopped = " (stopped before it finished: the rows measured are kept)" if results.get("complete") is False else ""
+        stopped = (" (stopped before it finished: the rows measured are kept)" if results.get("complete") is False
+                   else "")
         if results.get("note") or stopped:
             notes.append(f"- `{record.path.name}`: {results.get('note', '')}{stopped}")
     parts = [table(rows)] if rows else []
@@ -385,8 +386,8 @@ SECTIONS = {
         "short runs training from the largest folder beside the shipped sample's. Every results file is a row here.",
         across_files=prepare_scale_body),
     "gpu_check": Section(
-        "The GPU check", "What a CPU cannot show, on one GPU in under 8 minutes (bench/gpu_check.py; docs/benchmarks.md "
-        "says how to run it on the device machine): fp16 with loss scaling, a step's profile, bf16 with and without "
+        "The GPU check", "What a CPU cannot show, on one GPU in under 8 minutes (bench/gpu_check.py; "
+        "docs/benchmarks.md says how to run it on the device machine): fp16 with loss scaling, a step's profile, bf16 with and without "
         "`compile`, FSDP2 with a sharded checkpoint and an exact resume, a real GradScaler overflow.",
         gpu_check_body, missing="Not run on a GPU yet: no results file. The command is ready: "
         "`python bench/gpu_check.py --out bench/results/gpu_check_h100_<date>.json` on one GPU (its CPU-side parts "

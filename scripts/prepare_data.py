@@ -27,7 +27,8 @@ def build_parser() -> ArgumentParser:
                              "(e.g. roneneldan/TinyStories), or a local .txt/.jsonl/.json/.parquet file or folder")
     parser.add_argument("--out", required=True, type=Path, help="the data folder to write")
     # Options not given take slm_hf.data.DataOptions' defaults.
-    parser.add_argument("--vocab-size", type=int, help="vocabulary size of the tokenizer to train (default: the `small` preset's)")
+    parser.add_argument("--vocab-size", type=int,
+                        help="vocabulary size of the tokenizer to train (default: the `small` preset's)")
     parser.add_argument("--tokenizer", default=None,
                         help="reuse this tokenizer (a folder or a Hub id such as gpt2) instead of training one")
     parser.add_argument("--text-column", help="the column holding the stories in jsonl/json/parquet/Hub data "

@@ -6,9 +6,9 @@
     (ids,) = generate_ids(model, tokenizer, "Once upon a time", settings)   # the new token ids
 
 Loading. `import slm_hf` registers the SLM classes with transformers' Auto classes, so our own folders load with
-the installed code and no `trust_remote_code`. Remote code (`configuration_slm.py`, `modeling_slm.py` and its siblings,
-which a folder carries for Hub users) runs only when the caller opts in, for models whose type the installed transformers and
-slm_hf do not know.
+the installed code and no `trust_remote_code`. Remote code (`configuration_slm.py`, `modeling_slm.py` and its
+siblings, which a folder carries for Hub users) runs only when the caller opts in, for models whose type the installed
+transformers and slm_hf do not know.
 
 Sampling. What a caller does not set comes from the model's `generation_config` (the folder's
 generation_config.json, written by training): the one place a model's sampling defaults are decided.

@@ -18,6 +18,7 @@ if "torch" in sys.modules:  # imported before this file by a plugin: it read the
     sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS_DIR = REPO_ROOT / "scripts"
 
 # `make test` gives each pytest-xdist worker whole files (--dist loadfile) in collection order
 # (--no-loadscope-reorder): the longest files go first, so that the two workers end together instead of one running
@@ -30,8 +31,6 @@ LONGEST_FILES_FIRST = ["test_launchers.py", "test_training.py", "test_multinode.
 def pytest_collection_modifyitems(items):
     rank = {name: position for position, name in enumerate(LONGEST_FILES_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's own order stays
-
-SCRIPTS_DIR = REPO_ROOT / "scripts"
 
 
 @pytest.fixture(scope="session")
