@@ -1,11 +1,14 @@
 """Many users at once: concurrent streamed stories from the OpenAI-compatible server and from the Gradio app.
 
 For each number of concurrent clients (--clients, default 1 4 8 16), every client sends --requests stories one after
-the other (a fixed prompt, --max-tokens new tokens, greedy), streamed: through the `openai` client against
-scripts/serve.py (`transformers serve`, continuous batching), and through `gradio_client` against app.py. Each
-request completes or is refused; a refusal keeps its message, and a 5xx or a traceback counts as a failure. Reported
-per target and concurrency: time to first token and to the end (p50, p95), aggregate new tokens/s, and the ratio
-of that to one client's. With --memory, the server's resident memory (its process and children) after 100 and after
+the other (a fixed prompt, --max-tokens new tokens, greedy: the same story every time), streamed. The targets:
+`server`, scripts/serve.py (`transformers serve`, continuous batching) through the `openai` client; `app`, app.py
+through the page's HTTP API as a browser or `curl` reads it (Gradio's /call/ route: each update pushed as a
+server-sent event); `app_gradio_client`, app.py through `gradio_client`, whose reader polls (a 1 ms sleep loop per
+story, its event stream every 50 ms) and so takes CPU from an app on the same machine. Each request completes or is
+refused; a refusal keeps its message, and a 5xx or a traceback counts as a failure. Reported per target and
+concurrency: time to first token and to the end (p50, p95), aggregate new tokens/s, the ratio of that to one
+client's, and the CPU seconds the clients themselves took (this process). With --memory, the server's resident memory (its process and children) after 100 and after
 1,000 short requests. Everything runs on 127.0.0.1 and is bounded in requests and in time (--time-limit-s per
 round); the results go to bench/results/ through bench/machine.write_results.
 
@@ -101,8 +104,20 @@ class ServerClient:
         return (first or end) - began, end - began, tokens
 
 
-class AppClient:
-    """One streamed story through `gradio_client` from app.py's `tell` endpoint: (TTFT, time to end, tokens)."""
+class Refused(Exception):
+    """A request answered with a clear message instead of a story (the page's message, a full queue)."""
+
+
+def story_record(tokenizer, began: float, first: float | None, end: float, story) -> tuple[float, float, int]:
+    """(time to first token, time to end, new tokens) of a story the app streamed, or Refused."""
+    if not isinstance(story, str) or not story.startswith(PROMPT):  # the page's message instead of a story
+        raise Refused(f"refused: {story}")
+    tokens = len(tokenizer.encode(story[len(PROMPT):], add_special_tokens=False))
+    return (first or end) - began, end - began, tokens
+
+
+class AppGradioClient:
+    """One streamed greedy story through `gradio_client` from app.py's `tell` endpoint: (TTFT, time to end, tokens)."""
 
     def __init__(self, url: str, tokenizer, max_tokens: int):
         from gradio_client import Client
@@ -112,17 +127,49 @@ class AppClient:
 
     def __call__(self) -> tuple[float, float, int]:
         began, first = time.perf_counter(), None
-        job = self.client.submit(PROMPT, self.max_tokens, 0.8, 50, api_name="/tell")
+        job = self.client.submit(PROMPT, self.max_tokens, 0.8, 1, api_name="/tell")
         story = PROMPT
         for story in job:
             if first is None and len(story) > len(PROMPT):
                 first = time.perf_counter()
-        story = job.outputs()[-1] if job.outputs() else story
         end = time.perf_counter()
-        if not story.startswith(PROMPT):  # a refusal: the page's message instead of a story
-            raise RuntimeError(f"refused: {story}")
-        tokens = len(self.tokenizer.encode(story[len(PROMPT):], add_special_tokens=False))
-        return (first or end) - began, end - began, tokens
+        problem = job.exception()
+        if problem is not None:
+            from gradio_client.utils import QueueError
+
+            raise Refused(f"refused: {problem}") if isinstance(problem, QueueError) else problem
+        story = job.outputs()[-1] if job.outputs() else story
+        return story_record(self.tokenizer, began, first, end, story)
+
+
+class AppClient:
+    """One streamed greedy story through app.py's HTTP API, as `curl` reads it (Gradio's /call/ route: a POST, then
+    the story's server-sent events): (TTFT, time to end, tokens)."""
+
+    def __init__(self, url: str, tokenizer, max_tokens: int):
+        import httpx
+
+        self.client = httpx.Client(base_url=url, timeout=300)
+        self.tokenizer, self.max_tokens = tokenizer, max_tokens
+
+    def __call__(self) -> tuple[float, float, int]:
+        began, first, story, event = time.perf_counter(), None, PROMPT, None
+        answer = self.client.post("gradio_api/call/tell", json={"data": [PROMPT, self.max_tokens, 0.8, 1]})
+        answer.raise_for_status()
+        with self.client.stream("GET", f"gradio_api/call/tell/{answer.json()['event_id']}") as stream:
+            for line in stream.iter_lines():
+                if line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("data:"):
+                    data = json.loads(line[5:])
+                    if event == "error":  # a full queue, or an error the page reported
+                        raise Refused(f"refused: {data}")
+                    story = data[0] if event in ("generating", "complete") and data else story
+                    if first is None and len(story) > len(PROMPT):
+                        first = time.perf_counter()
+                    if event == "complete":
+                        break
+        return story_record(self.tokenizer, began, first, time.perf_counter(), story)
 
 
 def round_of(make_client, clients: int, requests: int, time_limit_s: float) -> dict:
@@ -146,22 +193,23 @@ def round_of(make_client, clients: int, requests: int, time_limit_s: float) -> d
             except Exception as error:  # noqa: BLE001 - every outcome is counted, none stops the round
                 message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
                 status = getattr(error, "status_code", None)
+                refused = isinstance(error, Refused) or (status is not None and status < 500)
                 with lock:
-                    (failures if status is None or status >= 500 else refusals).append(f"{status}: {message}")
+                    (refusals if refused else failures).append(f"{status}: {message}")
 
-    began = time.perf_counter()
+    began, cpu_began = time.perf_counter(), time.process_time()
     threads = [threading.Thread(target=user, args=(client,), daemon=True) for client in made]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(max(1.0, deadline - time.monotonic() + 60))
-    wall = time.perf_counter() - began
+    wall, client_cpu = time.perf_counter() - began, time.process_time() - cpu_began
     ttft = sorted(record[0] for record in records)
     ends = sorted(record[1] for record in records)
     tokens = sum(record[2] for record in records)
     return {
         "clients": clients, "requests": clients * requests, "completed": len(records),
-        "refused": refusals, "failed": failures, "wall_s": wall, "tokens": tokens,
+        "refused": refusals, "failed": failures, "wall_s": wall, "client_cpu_s": client_cpu, "tokens": tokens,
         "tokens_per_s": tokens / wall if wall else None,
         "ttft_p50_s": percentile(ttft, 50), "ttft_p95_s": percentile(ttft, 95),
         "end_p50_s": percentile(ends, 50), "end_p95_s": percentile(ends, 95),
@@ -211,15 +259,16 @@ def bench_server(args, log_dir: Path) -> dict:
         stop(server)
 
 
-def bench_app(args, log_dir: Path) -> dict:
+def bench_app(args, log_dir: Path, target: str) -> dict:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     app, url = start(lambda port: [sys.executable, str(ROOT / "app.py"), "--model", str(args.model), "--port",
                                    str(port)], lambda port: f"http://127.0.0.1:{port}/", log_dir / "app.log")
     try:
-        AppClient(url, tokenizer, 8)()  # warm-up
-        rounds = [round_of(lambda: AppClient(url, tokenizer, args.max_tokens), clients, args.requests,
+        client = AppClient if target == "app" else AppGradioClient
+        client(url, tokenizer, 16)()  # warm-up (16: the length slider's minimum)
+        rounds = [round_of(lambda: client(url, tokenizer, args.max_tokens), clients, args.requests,
                            args.time_limit_s) for clients in args.clients]
         return {"rounds": with_speedups(rounds)}
     finally:
@@ -232,7 +281,8 @@ def main(argv=None):
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8, 16], help="concurrent clients per round")
     parser.add_argument("--requests", type=int, default=2, help="requests each client sends, one after another")
     parser.add_argument("--max-tokens", type=int, default=48, help="new tokens per story")
-    parser.add_argument("--targets", nargs="+", choices=["server", "app"], default=["server", "app"])
+    parser.add_argument("--targets", nargs="+", choices=["server", "app", "app_gradio_client"],
+                        default=["server", "app", "app_gradio_client"])
     parser.add_argument("--time-limit-s", type=float, default=300, help="a round sends nothing new after this")
     parser.add_argument("--memory", action="store_true", help="server memory after 100 and 1,000 requests")
     parser.add_argument("--note", default="", help="a note for the results file (e.g. how busy the machine was)")
@@ -251,8 +301,9 @@ def main(argv=None):
                "note": args.note}
     if "server" in args.targets:
         results["server"] = bench_server(args, args.work_dir)
-    if "app" in args.targets:
-        results["app"] = bench_app(args, args.work_dir)
+    for target in ("app", "app_gradio_client"):
+        if target in args.targets:
+            results[target] = bench_app(args, args.work_dir, target)
     print(json.dumps(results, indent=2))
     config = AutoConfig.from_pretrained(args.model)
     print(f"wrote {write_results('serve', results, shape=model_shape(config), out=args.out)}")

@@ -250,16 +250,18 @@ def copy_fidelity_body(results: dict) -> str:
 
 
 def serve_body(results: dict) -> str:
-    """Many users at once: per target (the OpenAI-compatible server, the Gradio app) and number of concurrent clients,
-    what completed, time to first token and to the end, aggregate tokens/s and its ratio to one client's."""
+    """Many users at once: per target (the OpenAI-compatible server, the Gradio app through its HTTP API and through
+    gradio_client) and number of concurrent clients, what completed, time to first token and to the end, aggregate
+    tokens/s, its ratio to one client's, and the CPU the clients took (where the file has it)."""
     rows = []
-    for target in ("server", "app"):
+    for target in ("server", "app", "app_gradio_client"):
         for run in results.get(target, {}).get("rounds", []):
             rows.append({"target": target, "clients": run["clients"], "requests": run["requests"],
                          "completed": run["completed"], "refused": len(run["refused"]), "failed": len(run["failed"]),
                          "first token p50 s": run["ttft_p50_s"], "first token p95 s": run["ttft_p95_s"],
                          "end p50 s": run["end_p50_s"], "end p95 s": run["end_p95_s"],
-                         "tokens_per_s": run["tokens_per_s"], "vs_one_client": run["speedup_vs_one_client"]})
+                         "tokens_per_s": run["tokens_per_s"], "vs_one_client": run["speedup_vs_one_client"],
+                         **({"clients' CPU s": run["client_cpu_s"]} if "client_cpu_s" in run else {})})
     memory = results.get("server", {}).get("memory")
     lines = [f"{number(results.get('max_tokens', '?'))} new tokens per story, "
              f"{number(results.get('requests_per_client', '?'))} stories per client, one after the other."]
@@ -371,9 +373,12 @@ SECTIONS = {
         copy_fidelity_body),
     "serve": Section(
         "Many users at once", "Concurrent clients, each sending streamed stories from one prompt, one after the other "
-        "(bench/bench_serve.py, localhost): against scripts/serve.py (`transformers serve` with continuous batching, "
-        "through the `openai` client) and against app.py (the Gradio page's continuous batching, through "
-        "`gradio_client`); a refusal is counted with its message, a 5xx or a traceback as a failure.", serve_body),
+        "(bench/bench_serve.py, localhost, greedy): against scripts/serve.py (`transformers serve` with continuous "
+        "batching, through the `openai` client) and against app.py (the Gradio page's continuous batching; `app`: "
+        "through the page's HTTP API, as a browser or `curl` reads it; `app_gradio_client`: through `gradio_client`, "
+        "whose polling reader takes CPU from the app on a shared machine; files before 2026-12-06's last: "
+        "`app` meant `gradio_client`, sampling); a refusal is counted with its message, a 5xx or a traceback as a "
+        "failure.", serve_body),
     "bench_suite": Section(
         "`make bench`: what each piece cost", "The wall time of each piece of the last `make bench` (bench/suite.py) "
         "on this CPU, and its exit status (0: the piece wrote its results)."),

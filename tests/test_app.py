@@ -18,7 +18,6 @@ import time
 import urllib.request
 
 import pytest
-import torch
 
 from share_fixtures import REPO, offline_env, python_without_slm_hf, trained_run
 
@@ -56,11 +55,15 @@ STORY_DONE = """() => {
 }"""
 
 
-def _load_app_module():
-    spec = importlib.util.spec_from_file_location("slm_demo_app", REPO / "app.py")
+def _load_module(path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _load_app_module():
+    return _load_module(REPO / "app.py", "slm_demo_app")
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +73,8 @@ def final(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def teller(final):
-    with _load_app_module().StoryTeller.load(str(final)) as teller:
+    """The story function with its story writer; every token its update (interval 0), so the checks see each step."""
+    with _load_app_module().StoryTeller(str(final), update_interval_s=0) as teller:
         yield teller
 
 
@@ -107,25 +111,85 @@ def test_stories_told_at_once_are_each_the_greedy_story_of_generate(teller, fina
         assert len(steps) > 3  # streamed
 
 
-def test_the_sliders_start_at_the_model_generation_config(teller):
-    saved = teller.model.generation_config  # training wrote the story sampling there
+def test_the_sliders_start_at_the_model_generation_config(teller, final):
+    from transformers import GenerationConfig
+
+    saved = GenerationConfig.from_pretrained(final)  # training wrote the story sampling there
     assert teller.slider_values() == (saved.max_new_tokens, saved.temperature, saved.top_k)
 
 
-def test_the_int8_story_teller_tells_stories(final, teller):
-    from slm_hf.int8_slm import SLMInt8Linear
+def test_a_story_shows_at_most_one_update_per_interval_and_ends_the_same(teller):
+    """The page's updates of a story are at least update_interval_s apart (the last one, the whole story, comes at
+    once); fewer updates, the same story (greedy, top-k 1)."""
+    async def timed_steps(request):
+        return [(time.monotonic(), step) async for step in teller.tell(*request)]
 
-    with _load_app_module().StoryTeller.load(str(final), int8=True) as int8:
+    request = (PROMPT, 120, 0.8, 1)
+    (every_token,) = told(teller, request)
+    teller.update_interval_s = 0.1
+    try:
+        throttled = asyncio.run(timed_steps(request))
+    finally:
+        teller.update_interval_s = 0
+    assert throttled[-1][1] == every_token[-1] and len(throttled) < len(every_token)
+    times = [when for when, _ in throttled[:-1]]
+    assert all(later - earlier >= 0.09 for earlier, later in zip(times, times[1:])), times
+
+
+def test_the_int8_story_teller_tells_stories(final, teller):
+    with _load_app_module().StoryTeller(str(final), int8=True) as int8:
         (steps,) = told(int8, (PROMPT, 10, 0.8, 50))
+        layers = int8.model_facts["linear_layers"]
     assert steps[0].startswith(PROMPT) and len(steps[-1]) > len(PROMPT)
-    layers = [module for module in int8.model.modules() if isinstance(module, (torch.nn.Linear, SLMInt8Linear))]
-    assert layers and all(isinstance(layer, SLMInt8Linear) for layer in layers)  # every linear layer converted
-    assert not any(isinstance(module, SLMInt8Linear) for module in teller.model.modules())  # the default: fp32
-    ids = torch.tensor([teller.check_prompt(PROMPT)[0]])
-    with torch.no_grad():
-        logits, int8_logits = teller.model(ids).logits, int8.model(ids).logits
-    assert not torch.equal(logits, int8_logits)  # int8 products: close to the fp32 ones, not equal
-    assert torch.allclose(logits, int8_logits, atol=0.5)
+    fp32_layers = teller.model_facts["linear_layers"]  # the default: fp32
+    assert list(fp32_layers) == ["Linear"] and layers == {"SLMInt8Linear": fp32_layers["Linear"]}  # each converted
+
+
+def test_the_story_writer_ends_with_the_page_however_the_page_ends(final):
+    """The model writes in a process of its own; killed (SIGKILL: no clean-up of any kind), the page's process takes
+    its story writer with it: the writer ends when its stdin closes."""
+    import psutil
+
+    page = subprocess.run([sys.executable, "-c", KILLED_PAGE, str(REPO / "app.py"), str(final)], capture_output=True,
+                          text=True, env=offline_env(), timeout=300)
+    assert page.returncode == -9, page.stderr[-2000:]
+    writer = psutil.Process(int(page.stdout.split()[-1]))
+    try:
+        writer.wait(timeout=60)
+    except psutil.TimeoutExpired:
+        writer.kill()
+        pytest.fail("the story writer outlived its page by 60 s")
+
+
+KILLED_PAGE = """
+import importlib.util, os, signal, sys
+spec = importlib.util.spec_from_file_location("page", sys.argv[1])
+page = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(page)
+teller = page.StoryTeller(sys.argv[2])
+print(teller.writer.pid, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_story_writer_that_dies_ends_its_stories_with_a_message(final):
+    """The writer's process killed mid-story: that story ends with a message, a new one gets one at once."""
+    import signal
+
+    async def story_then_kill(teller):
+        steps = []
+        async for step in teller.tell(PROMPT, 400, 0.8, 50):
+            steps.append(step)
+            if len(steps) == 2:
+                os.kill(teller.writer.pid, signal.SIGKILL)
+        return steps
+
+    with _load_app_module().StoryTeller(str(final), update_interval_s=0) as doomed:
+        steps = asyncio.run(story_then_kill(doomed))
+        doomed.writer.wait(timeout=30)
+        (after,) = told(doomed, (PROMPT, 40, 0.8, 50))
+    assert "Sorry, the story could not be written: the story writer has stopped" in steps[-1]
+    assert after == ["Sorry, the story teller has stopped: please try again later."]
 
 
 def test_the_page_reads_a_prompt_as_generate_and_the_server_do(teller, final, tmp_path):
@@ -400,3 +464,17 @@ def test_two_users_at_once_are_served_side_by_side(browser, app_url):
     assert second_started < first_half_done, f"the second waited for the first: {[name for name, _ in order]}"
     for page in pages.values():
         page.close()
+
+
+def test_a_small_load_round_through_the_page_completes_with_no_failure(app_url, final):
+    """bench/bench_serve.py's app rounds, small and bounded: 4 concurrent clients, 2 streamed greedy stories each,
+    through the page's HTTP API and through gradio_client; every story completes, each the same greedy story."""
+    from transformers import PreTrainedTokenizerFast
+
+    bench_serve = _load_module(REPO / "bench" / "bench_serve.py", "bench_serve")
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(final)
+    for client in (bench_serve.AppClient, bench_serve.AppGradioClient):
+        result = bench_serve.round_of(lambda: client(app_url, tokenizer, 24), clients=4, requests=2, time_limit_s=120)
+        assert (result["completed"], result["failed"], result["refused"]) == (8, [], []), client.__name__
+        assert result["tokens"] > 0 and result["tokens"] % 8 == 0  # 8 times one story
+        assert result["ttft_p95_s"] <= result["end_p95_s"] and result["client_cpu_s"] > 0
