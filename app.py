@@ -120,8 +120,11 @@ def write_stories(options: dict) -> None:
     messages = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)  # line-buffered: one message per line
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # a library's print() goes to the log, not into the messages
 
+    sending = threading.Lock()  # two threads send: this one (the stories) and take_requests (a refusal)
+
     def send(message: dict) -> None:
-        messages.write(json.dumps(message) + "\n")
+        with sending:
+            messages.write(json.dumps(message) + "\n")
 
     transformers_logging.disable_progress_bar()  # no "Loading weights" bar in the page's log
     try:
@@ -222,7 +225,10 @@ def model_facts(model) -> dict:
 
 
 if __name__ == "__main__" and sys.argv[1:2] == [WRITE_STORIES]:
-    write_stories(json.loads(sys.argv[2]))
+    try:
+        write_stories(json.loads(sys.argv[2]))
+    except KeyboardInterrupt:  # Ctrl-C while the model loads: the page reports it, no traceback here
+        sys.exit(130)
     sys.exit(0)
 
 
