@@ -278,7 +278,8 @@ class StoryTeller:
         self.model_facts = first["ready"]
         self.context = self.model_facts["context"]
         self._stories = {}  # story id -> (the event loop and the queue of its tell() call)
-        self._lock = threading.Lock()  # over _stories and the writer's stdin
+        self._lock = threading.Lock()  # over _stories and _stopped
+        self._sending = threading.Lock()  # one request at a time on the writer's stdin
         self._stopped = False
         threading.Thread(target=self._hand_out_updates, daemon=True).start()
 
@@ -309,6 +310,7 @@ class StoryTeller:
         with self._lock:
             if self._stopped:
                 return False
+        with self._sending:
             try:
                 self.writer.stdin.write(json.dumps(request) + "\n")
                 self.writer.stdin.flush()
