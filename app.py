@@ -14,7 +14,7 @@ Many readers at once share the model: every story being written joins one runnin
 step instead of after the stories before it. The model writes in a process of its own, the story writer (this file
 run with --write-stories, started by the page): in the page's process, the model's steps and the page's updates would
 take turns on Python's one interpreter lock, and with many readers the page's work held the model back (BENCHMARKS.md,
-"Serving"). Past MAX_STORIES stories at once, requests wait in the page's queue (their position shown); past
+"Many users at once"). Past MAX_STORIES stories at once, requests wait in the page's queue (their position shown); past
 QUEUE_SIZE waiting, a new one is refused ("Queue is full"). A sampled story depends on the random numbers the whole
 batch draws, so its prompt and settings alone do not reproduce it. With top-k 1 a story is greedy, the same text as
 the model's own `generate()` from the same prompt.
@@ -207,8 +207,8 @@ def start_batching(model, max_stories: int, eos_token_id: int, pad_token_id: int
 
 
 def model_facts(model) -> dict:
-    """What the page needs to know of the model: its context, the sliders' start (its generation_config), the code
-    that runs it and its weights' layers (how many linear layers of each kind)."""
+    """What the page needs to know of the model: its context, the sliders' start (its generation_config) and its
+    weights' layers (how many linear layers of each kind)."""
     saved = model.generation_config
     sampling = bool(saved.do_sample)
     layers = {}
@@ -219,7 +219,6 @@ def model_facts(model) -> dict:
     return {
         "context": model.config.max_position_embeddings,
         "sliders": [saved.max_new_tokens, saved.temperature if sampling else None, saved.top_k if sampling else None],
-        "code": "slm_hf" if HAVE_SLM_HF else "the model's remote code",
         "linear_layers": layers,
     }
 
@@ -440,12 +439,14 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as error:  # missing, damaged (truncated weights, empty tokenizer) or not an SLM model for int8
         print(f"error: cannot load the model {args.model!r}: {first_line(error)}", file=sys.stderr)
         sys.exit(2)
+    code = "slm_hf" if HAVE_SLM_HF else "the model's remote code"
     weights = "int8" if args.int8 else "fp32"
-    print(f"loaded {args.model}@{args.revision or 'latest'} with {teller.model_facts['code']}, {weights} weights",
-          file=sys.stderr, flush=True)
+    print(f"loaded {args.model}@{args.revision or 'latest'} with {code}, {weights} weights", file=sys.stderr,
+          flush=True)
     theme = gr.themes.Soft(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
     with teller:  # launch() returns on Ctrl-C; then the story writer ends too
         build_demo(teller).launch(server_name=args.host, server_port=args.port, theme=theme, show_error=True)
+
 
 if __name__ == "__main__":
     main()

@@ -8,9 +8,10 @@ server-sent event); `app_gradio_client`, app.py through `gradio_client`, whose r
 story, its event stream every 50 ms) and so takes CPU from an app on the same machine. Each request completes or is
 refused; a refusal keeps its message, and a 5xx or a traceback counts as a failure. Reported per target and
 concurrency: time to first token and to the end (p50, p95), aggregate new tokens/s, the ratio of that to one
-client's, and the CPU seconds the clients themselves took (this process). With --memory, the server's resident memory (its process and children) after 100 and after
-1,000 short requests. Everything runs on 127.0.0.1 and is bounded in requests and in time (--time-limit-s per
-round); the results go to bench/results/ through bench/machine.write_results.
+client's, and the CPU seconds the clients themselves took (this process). With --memory, the server's resident
+memory (its process and children) after 100 and after 1,000 short requests. Everything runs on 127.0.0.1 and is
+bounded in requests and in time (--time-limit-s per round); the results go to bench/results/ through
+bench/machine.write_results.
 
     python bench/bench_serve.py --model runs/cpu-demo/final
     python bench/bench_serve.py --model runs/cpu-demo/final --clients 1 8 16 --requests 2 --targets server --memory
@@ -34,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
 PROMPT = "Once upon a time, there was a little cat named Tom."
+APP_SAMPLING = (0.8, 1)  # the page's temperature and top-k: top-k 1 is greedy, as temperature 0 at the server
 START_TIMEOUT_S = 300
 
 
@@ -127,7 +129,7 @@ class AppGradioClient:
 
     def __call__(self) -> tuple[float, float, int]:
         began, first = time.perf_counter(), None
-        job = self.client.submit(PROMPT, self.max_tokens, 0.8, 1, api_name="/tell")
+        job = self.client.submit(PROMPT, self.max_tokens, *APP_SAMPLING, api_name="/tell")
         story = PROMPT
         for story in job:
             if first is None and len(story) > len(PROMPT):
@@ -154,7 +156,7 @@ class AppClient:
 
     def __call__(self) -> tuple[float, float, int]:
         began, first, story, event = time.perf_counter(), None, PROMPT, None
-        answer = self.client.post("gradio_api/call/tell", json={"data": [PROMPT, self.max_tokens, 0.8, 1]})
+        answer = self.client.post("gradio_api/call/tell", json={"data": [PROMPT, self.max_tokens, *APP_SAMPLING]})
         answer.raise_for_status()
         with self.client.stream("GET", f"gradio_api/call/tell/{answer.json()['event_id']}") as stream:
             for line in stream.iter_lines():

@@ -392,8 +392,9 @@ SECTIONS = {
         across_files=prepare_scale_body),
     "gpu_check": Section(
         "The GPU check", "What a CPU cannot show, on one GPU in under 8 minutes (bench/gpu_check.py; "
-        "docs/benchmarks.md says how to run it on the device machine): fp16 with loss scaling, a step's profile, bf16 with and without "
-        "`compile`, FSDP2 with a sharded checkpoint and an exact resume, a real GradScaler overflow.",
+        "docs/benchmarks.md says how to run it on the device machine): fp16 with loss scaling, a step's profile, "
+        "bf16 with and without `compile`, FSDP2 with a sharded checkpoint and an exact resume, a real GradScaler "
+        "overflow.",
         gpu_check_body, missing="Not run on a GPU yet: no results file. The command is ready: "
         "`python bench/gpu_check.py --out bench/results/gpu_check_h100_<date>.json` on one GPU (its CPU-side parts "
         "run in the suite: tests/test_gpu_check.py)."),
